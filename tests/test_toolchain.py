@@ -16,14 +16,17 @@ from fixtures.toolchain import PINS, Pins
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-needs_go = pytest.mark.skipif(shutil.which("go") is None, reason="go is not on PATH (go.mod parsing uses `go mod edit -json`)")
+needs_go = pytest.mark.skipif(
+    shutil.which("go") is None, reason="go is not on PATH (go.mod parsing uses `go mod edit -json`)"
+)
 
 
 def _served_gomod(module: str, version: str) -> str:
     """Returns a go.mod from the local module download cache, or skips."""
     if shutil.which("go") is None:
         pytest.skip("go is not on PATH, so GOMODCACHE is unknown")
-    modcache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True).stdout.strip()
+    go_env = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True)
+    modcache = go_env.stdout.strip()
     path = Path(modcache) / "cache" / "download" / module / "@v" / f"{version}.mod"
     if not path.is_file():
         pytest.skip(f"{path} is absent; run `go mod download {module}@{version}`")
@@ -31,8 +34,8 @@ def _served_gomod(module: str, version: str) -> str:
 
 
 def _replace_lines(gomod: str) -> list[str]:
-    parsed = toolchain.read_gomod(gomod)
-    return [f"{r['Old']['Path']} => {r['New']['Path']} {r['New'].get('Version', '')}".strip() for r in parsed["Replace"] or []]
+    replaces = toolchain.read_gomod(gomod)["Replace"] or []
+    return [f"{r['Old']['Path']} => {r['New']['Path']} {r['New'].get('Version', '')}".strip() for r in replaces]
 
 
 # --- kubernetes wrapper, against the real v1.36.3 go.mod ------------------------------
@@ -63,8 +66,10 @@ def test_kubernetes_wrapper_repeats_go_and_godebug_and_requires_the_release(kube
     parsed = toolchain.read_gomod(kubernetes_wrapper)
 
     assert parsed["Go"] == "1.26.0"
-    assert [(d["Key"], d["Value"]) for d in parsed.get("GoDebug") or parsed.get("Godebug")] == [("default", "go1.26")]
-    assert [(r["Path"], r["Version"]) for r in parsed["Require"]] == [("k8s.io/kubernetes", "v1.36.3")]
+    godebug = parsed.get("GoDebug") or parsed.get("Godebug")
+    assert [(d["Key"], d["Value"]) for d in godebug] == [("default", "go1.26")]
+    requires = [(r["Path"], r["Version"]) for r in parsed["Require"]]
+    assert requires == [("k8s.io/kubernetes", "v1.36.3")]
 
 
 def test_kubernetes_wrapper_keeps_apiserver_and_etcd_in_the_graph(kubernetes_wrapper):
@@ -114,7 +119,8 @@ def test_kubernetes_wrapper_copies_third_party_pins_and_excludes():
     ]
     assert parsed["Replace"][2]["Old"] == {"Path": "github.com/example/fork", "Version": "v1.0.0"}
     assert parsed["Exclude"] == [{"Path": "github.com/example/broken", "Version": "v0.3.0"}]
-    assert [d["Key"] for d in parsed.get("GoDebug") or parsed.get("Godebug")] == ["default", "x509sha1"]
+    godebug = parsed.get("GoDebug") or parsed.get("Godebug")
+    assert [d["Key"] for d in godebug] == ["default", "x509sha1"]
     assert parsed["Go"] == "1.27.0"
 
 
@@ -130,9 +136,11 @@ def test_kubernetes_wrapper_rejects_a_local_replace_outside_staging():
 def test_istio_wrapper_requires_the_pseudo_version_and_lists_three_commands():
     text = _served_gomod("istio.io/istio", PINS.istio_pseudo_version)
     parsed = toolchain.read_gomod(toolchain.istio_wrapper_gomod(text, PINS.istio_pseudo_version))
+    requires = [(r["Path"], r["Version"]) for r in parsed["Require"]]
+    commands = {tool["Path"].rsplit("/", 1)[1] for tool in parsed["Tool"]}
 
-    assert [(r["Path"], r["Version"]) for r in parsed["Require"]] == [("istio.io/istio", PINS.istio_pseudo_version)]
-    assert {tool["Path"].rsplit("/", 1)[1] for tool in parsed["Tool"]} == {"pilot-discovery", "pilot-agent", "istioctl"}
+    assert requires == [("istio.io/istio", PINS.istio_pseudo_version)]
+    assert commands == {"pilot-discovery", "pilot-agent", "istioctl"}
     assert not any(r["Path"].startswith("k8s.io/") for r in parsed["Require"])
 
 
@@ -188,7 +196,9 @@ def test_pins_derive_staging_version_and_istio_revision():
     ],
 )
 def test_cache_key_changes_with_every_pin(bump):
-    assert toolchain.toolchain_key(dataclasses.replace(PINS, **bump), "go1.26.8") != toolchain.toolchain_key(PINS, "go1.26.8")
+    bumped = dataclasses.replace(PINS, **bump)
+
+    assert toolchain.toolchain_key(bumped, "go1.26.8") != toolchain.toolchain_key(PINS, "go1.26.8")
 
 
 def test_cache_key_changes_with_go_version_and_is_stable():
@@ -282,7 +292,7 @@ def test_build_without_go_prints_one_line_and_exits_2(tmp_path):
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("toolchain: Go is required to build kube-apiserver, etcd, ")
+    assert lines[0].startswith("toolchain: Go is required to build kube-apiserver, etcd,")
     assert lines[0].endswith("; install Go >= 1.26")
     assert not (tmp_path / "cache").exists()
 

@@ -1,0 +1,63 @@
+"""Same-signer workloads talk mutual TLS; workloads of different signers fail certificate verification."""
+
+import pytest
+
+from fixtures.messages import mismatch
+from fixtures.outcomes import Outcome, describe
+from fixtures.pki import expected_spiffe_id
+from fixtures.providers.base import Capability
+
+pytestmark = pytest.mark.connectivity
+
+
+def _where(result) -> str:
+    return f"{result.classification.evidence}\n  transcript: {result.transcript}"
+
+
+def test_mtls(pair, probe):
+    """The full matrix: each client reaches each server exactly when both share a signer."""
+    result = probe(pair)
+    expected = Outcome.OK if pair.same_signer else Outcome.TLS_VERIFY_FAILED
+    assert result.outcome is expected, mismatch(
+        f"{expected.value} ({pair.client_signer} client -> {pair.server_signer} server)",
+        describe(result.classification),
+        _where(result),
+    )
+
+
+def test_same_signer_request_is_mutual_tls(same_signer_pair, probe, topology):
+    """The server saw the client's SPIFFE identity: the request really was mutual TLS."""
+    pair = same_signer_pair
+    result = probe(pair)
+    assert result.outcome is Outcome.OK, mismatch("ok", describe(result.classification), _where(result))
+    client_id = expected_spiffe_id(topology.trust_domain, pair.client.namespace, pair.client.service_account)
+    server_id = expected_spiffe_id(topology.trust_domain, pair.server.namespace, pair.server.service_account)
+    assert result.client_identity_seen == client_id, mismatch(
+        f"server {pair.server.id} saw client identity {client_id}",
+        f"{result.client_identity_seen!r}",
+        _where(result),
+    )
+    assert result.server_identity_seen == server_id, mismatch(
+        f"client {pair.client.id} saw server identity {server_id}",
+        f"{result.server_identity_seen!r}",
+        _where(result),
+    )
+
+
+def test_cross_signer_request_fails_certificate_verification(cross_signer_pair, probe):
+    """Not just any failure: the TLS handshake must fail on verifying the peer's certificate."""
+    result = probe(cross_signer_pair)
+    assert result.outcome is Outcome.TLS_VERIFY_FAILED, mismatch(
+        "tls-verify-failed (the peer's certificate does not chain to this workload's signer root)",
+        describe(result.classification),
+        _where(result),
+    )
+
+
+@pytest.mark.requires(Capability.ENVOY_DATA_PLANE)
+def test_cross_signer_failure_names_certificate_verification_in_envoy_log(cross_signer_pair, probe):
+    """The client sidecar's access log carries the TLS reason, whatever the 503 body says."""
+    result = probe(cross_signer_pair)
+    assert "CERTIFICATE_VERIFY_FAILED" in result.classification.reason or "ALERT" in result.classification.reason, \
+        mismatch("CERTIFICATE_VERIFY_FAILED (or a peer's certificate alert) in the client istio-proxy access log",
+                 result.classification.reason, _where(result))

@@ -1,0 +1,174 @@
+"""Contract of a Kubernetes CSR signer that Istio's registration authority relies on.
+
+Every CSR here is shaped as istiod sends it: empty subject, one SPIFFE URI SAN and nothing else,
+usages digital signature, key encipherment, server auth and client auth. Property tests share
+one issued certificate per signer and key type; when there is none they skip and point at the
+issuance test that failed, so one defect fails one test.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from fixtures import pki
+from fixtures.csr_contract import CONTRACT_EXPIRATION_SECONDS, ISTIO_USAGES, CsrDriver
+from fixtures.messages import mismatch
+from fixtures.signer_profile import Feature
+
+pytestmark = pytest.mark.signer
+
+EXPIRATION_TOLERANCE = dt.timedelta(seconds=90)
+FOREIGN_SIGNER = "foreign.custom-ca-conformance.invalid/not-yours"
+BAD_DURATION_ANNOTATION = {"experimental.cert-manager.io/request-duration": "not-a-duration"}
+
+
+@pytest.fixture
+def driver(signer_cluster, request):
+    d = CsrDriver(signer_cluster.api_client, request.node.nodeid)
+    yield d
+    d.cleanup()
+
+
+def _require(profile, feature: Feature) -> None:
+    if not profile.supports(feature):
+        pytest.skip(f"{profile.name} declares {feature.value} unsupported ({profile.source})")
+
+
+def _issued(issued_certificates, signer, key_kind="ecdsa"):
+    case = issued_certificates(signer, key_kind)
+    if case.outcome.certificate_pem is None:
+        pytest.skip(f"no certificate was issued for {signer.signer_name} ({key_kind}): "
+                    "see test_approved_istio_csr_is_issued for this signer and key kind")
+    return case
+
+
+def _parsed_chain(case):
+    try:
+        return pki.load_pem_chain(case.outcome.certificate_pem)
+    except pki.PkiError as exc:
+        pytest.skip(f"status.certificate does not parse ({exc}): see test_issued_certificate_is_wellformed_pem")
+
+
+@pytest.mark.parametrize("key_kind", ["rsa", "ecdsa", "ed25519"])
+def test_approved_istio_csr_is_issued(signer, key_kind, signer_profile, issued_certificates):
+    _require(signer_profile, Feature(key_kind))
+    case = issued_certificates(signer, key_kind)
+    assert case.outcome.certificate_pem and not case.outcome.has_condition("Failed"), mismatch(
+        f"status.certificate within {signer_profile.issue_timeout_seconds:.0f}s of approval, no Failed condition",
+        case.description,
+        f"CertificateSigningRequest {case.csr.name} and the signer controller's log",
+    )
+
+
+def test_issued_certificate_is_wellformed_pem(signer, issued_certificates):
+    case = _issued(issued_certificates, signer)
+    text = case.outcome.certificate_pem.decode(errors="replace")
+    block_types = {line[len("-----BEGIN "):-5] for line in text.splitlines() if line.startswith("-----BEGIN ")}
+    try:
+        chain = pki.load_pem_chain(case.outcome.certificate_pem)
+    except pki.PkiError as exc:
+        chain, problem = [], str(exc)
+    else:
+        problem = ""
+    assert chain and block_types == {"CERTIFICATE"}, mismatch(
+        "one or more PEM CERTIFICATE blocks, each an X.509 certificate",
+        problem or f"PEM block types {sorted(block_types)}",
+        f"status.certificate of CertificateSigningRequest {case.csr.name}",
+    )
+
+
+@pytest.mark.parametrize("key_kind", ["rsa", "ecdsa", "ed25519"])
+def test_issued_certificate_carries_the_request_public_key(signer, key_kind, signer_profile, issued_certificates):
+    _require(signer_profile, Feature(key_kind))
+    case = _issued(issued_certificates, signer, key_kind)
+    leaf = _parsed_chain(case)[0]
+    assert pki.same_public_key(leaf, case.csr.key), mismatch(
+        "the leaf certificate's public key is the CSR's", pki.describe_cert(leaf), case.csr.name)
+
+
+def test_issued_certificate_carries_the_spiffe_uri_san(signer, issued_certificates):
+    case = _issued(issued_certificates, signer)
+    leaf = _parsed_chain(case)[0]
+    assert pki.spiffe_ids(leaf) == [case.csr.spiffe_id], mismatch(
+        f"exactly the URI SAN {case.csr.spiffe_id}", pki.describe_cert(leaf), case.csr.name)
+
+
+def test_issued_certificate_is_not_a_ca(signer, issued_certificates):
+    case = _issued(issued_certificates, signer)
+    leaf = _parsed_chain(case)[0]
+    assert not pki.is_ca(leaf), mismatch("basicConstraints CA:false (or absent)", pki.describe_cert(leaf), case.csr.name)
+
+
+def test_issued_certificate_has_the_requested_usages(signer, issued_certificates):
+    case = _issued(issued_certificates, signer)
+    leaf = _parsed_chain(case)[0]
+    missing = set(ISTIO_USAGES) - pki.kube_usages(leaf)
+    assert not missing, mismatch(
+        f"usages {sorted(ISTIO_USAGES)}", f"missing {sorted(missing)} in {pki.describe_cert(leaf)}", case.csr.name)
+
+
+def test_expiration_seconds_is_honoured(signer, signer_profile, issued_certificates):
+    _require(signer_profile, Feature.CONTRACT_EXPIRATION_SECONDS)
+    case = _issued(issued_certificates, signer)
+    leaf = _parsed_chain(case)[0]
+    requested_until = case.created_at + dt.timedelta(seconds=CONTRACT_EXPIRATION_SECONDS)
+    drift = abs(leaf.not_valid_after_utc - requested_until)
+    assert drift <= EXPIRATION_TOLERANCE, mismatch(
+        f"notAfter {requested_until:%Y-%m-%dT%H:%M:%SZ} (spec.expirationSeconds={CONTRACT_EXPIRATION_SECONDS}) "
+        f"within {EXPIRATION_TOLERANCE.seconds}s",
+        f"notAfter {leaf.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}, off by {drift}",
+        case.csr.name,
+    )
+
+
+def test_chain_verifies_to_the_published_ca_bundle(signer, signer_cluster, issued_certificates):
+    case = _issued(issued_certificates, signer)
+    chain = _parsed_chain(case)
+    bundle = signer.ca_bundle.read(signer_cluster.api_client)
+    root = pki.load_pem_chain(bundle)[-1] if bundle else chain[-1]
+    check = pki.chain_verifies_to(chain[0], chain[1:], root)
+    assert check.ok, mismatch(
+        f"the chain in status.certificate verifies to {signer.ca_bundle.describe()}: {pki.describe_cert(root)}",
+        check.detail,
+        f"CertificateSigningRequest {case.csr.name}",
+    )
+
+
+def test_unapproved_csr_is_not_issued(signer, signer_profile, driver):
+    csr = driver.submit(signer.signer_name)
+    outcome = driver.wait(csr, signer_profile.observe_seconds)
+    assert outcome.certificate_pem is None, mismatch(
+        f"no certificate while the CSR is not approved (watched {signer_profile.observe_seconds:.0f}s)",
+        "status.certificate set", driver.describe(csr))
+
+
+def test_denied_csr_is_not_issued(signer, signer_profile, driver):
+    csr = driver.submit(signer.signer_name)
+    driver.deny(csr)
+    outcome = driver.wait(csr, signer_profile.observe_seconds)
+    assert outcome.certificate_pem is None, mismatch(
+        f"no certificate for a Denied CSR (watched {signer_profile.observe_seconds:.0f}s)",
+        "status.certificate set", driver.describe(csr))
+
+
+def test_csr_for_a_foreign_signer_is_ignored(signer_profile, driver):
+    csr = driver.submit(FOREIGN_SIGNER)
+    driver.approve(csr)
+    outcome = driver.wait(csr, signer_profile.observe_seconds)
+    assert outcome.certificate_pem is None and not outcome.has_condition("Failed"), mismatch(
+        f"a CSR for {FOREIGN_SIGNER} left untouched by the signers of {signer_profile.name}",
+        f"conditions {outcome.conditions}, certificate {'set' if outcome.certificate_pem else 'empty'}",
+        driver.describe(csr))
+
+
+def test_permanent_error_sets_failed(signer, signer_profile, driver):
+    _require(signer_profile, Feature.FAILED_CONDITION)
+    csr = driver.submit(signer.signer_name, annotations=BAD_DURATION_ANNOTATION)
+    driver.approve(csr)
+    outcome = driver.wait(csr, signer_profile.issue_timeout_seconds)
+    assert outcome.has_condition("Failed") and outcome.certificate_pem is None, mismatch(
+        "condition Failed=True for a request that can never be signed (unparseable request-duration annotation)",
+        f"conditions {outcome.conditions}, certificate {'set' if outcome.certificate_pem else 'empty'}",
+        driver.describe(csr))
