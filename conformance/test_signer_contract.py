@@ -110,7 +110,7 @@ def test_issued_certificate_has_the_requested_usages(signer, issued_certificates
 
 
 def test_expiration_seconds_is_honoured(signer, signer_profile, issued_certificates):
-    _require(signer_profile, Feature.CONTRACT_EXPIRATION_SECONDS)
+    _require(signer_profile, Feature.EXPIRATION_SECONDS)
     case = _issued(issued_certificates, signer)
     leaf = _parsed_chain(case)[0]
     requested_until = case.created_at + dt.timedelta(seconds=CONTRACT_EXPIRATION_SECONDS)

@@ -366,7 +366,7 @@ def garbage_server(conn):
     conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
 
 
-def tls_request(port: int, ctx: ssl.SSLContext, *, timeout: float = HANDSHAKE_TIMEOUT) -> BaseException | None:
+def tls_request(port: int, ctx: ssl.SSLContext, *, timeout: float = HANDSHAKE_TIMEOUT) -> OSError | None:
     """Handshake and read the server's greeting; returns what was raised, or None."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
@@ -393,7 +393,8 @@ def test_same_signer_handshake_is_ok(tmp_path, signers, key_kind):
     with OneShotServer(tls_server(server.context(ssl.PROTOCOL_TLS_SERVER, trust=client))) as srv:
         client_error = tls_request(srv.port, client.context(ssl.PROTOCOL_TLS_CLIENT, trust=server))
         srv.client_done.set()
-    assert classify_tls_exception(client_error).outcome is Outcome.OK, describe(classify_tls_exception(client_error))
+    on_client = classify_tls_exception(client_error)
+    assert on_client.outcome is Outcome.OK, describe(on_client)
     assert classify_tls_exception(srv.error, role="server").outcome is Outcome.OK
 
 

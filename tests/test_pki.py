@@ -233,8 +233,9 @@ def test_unknown_usage_is_rejected(root):
 def test_csr_without_san_is_rejected(root):
     key = pki.new_private_key()
     csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    csr_pem = csr.public_bytes(serialization.Encoding.PEM)
     with pytest.raises(pki.PkiError, match="no SubjectAlternativeName"):
-        pki.issue_leaf(root, csr.public_bytes(serialization.Encoding.PEM), not_after=_in(1), usages=ISTIO_USAGES)
+        pki.issue_leaf(root, csr_pem, not_after=_in(1), usages=ISTIO_USAGES)
 
 
 def test_empty_validity_window_is_rejected(root):

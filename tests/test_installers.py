@@ -1,0 +1,263 @@
+"""Command construction, pinned versions, checksum parsing and tool discovery, all offline."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+import tarfile
+import textwrap
+
+import pytest
+
+from fixtures import installers, tools
+from fixtures.providers.base import ProviderUnavailable, ProvisioningError
+
+DIGEST = "3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5"
+
+
+# --- argv builders ---------------------------------------------------------------------------
+
+
+def test_cert_manager_is_installed_from_the_oci_chart_with_crds_and_the_csr_gate():
+    argv = installers.helm_install_cert_manager_argv("v1.21.1", helm="/bin/helm")
+    assert argv[:5] == [
+        "/bin/helm", "upgrade", "--install", "cert-manager", "oci://quay.io/jetstack/charts/cert-manager"]
+    assert _flag(argv, "--version") == "v1.21.1"
+    assert _flag(argv, "--namespace") == "cert-manager" and "--create-namespace" in argv
+    assert _values(argv) == ["crds.enabled=true", "featureGates=ExperimentalCertificateSigningRequestControllers=true"]
+    assert "--wait" in argv and _flag(argv, "--timeout") == "5m"
+    assert "--kubeconfig" not in argv and "--kube-context" not in argv
+
+
+def test_helm_targets_the_given_kubeconfig_and_context():
+    argv = installers.helm_install_cert_manager_argv("v1.21.1", kubeconfig="/k", context="kind-x")
+    assert _flag(argv, "--kubeconfig") == "/k" and _flag(argv, "--kube-context") == "kind-x"
+    uninstall = installers.helm_uninstall_cert_manager_argv(kubeconfig="/k", context="kind-x")
+    assert uninstall[:3] == ["helm", "uninstall", "cert-manager"] and _flag(uninstall, "--kube-context") == "kind-x"
+
+
+def test_istioctl_install_skips_confirmation_and_reads_the_operator_file(tmp_path):
+    argv = installers.istioctl_install_argv("/bin/istioctl", tmp_path / "iop.yaml", kubeconfig="/k", context="c")
+    assert argv == ["/bin/istioctl", "install", "--skip-confirmation", "-f", str(tmp_path / "iop.yaml"),
+                    "--kubeconfig", "/k", "--context", "c"]
+
+
+def test_istioctl_uninstall_purges():
+    assert installers.istioctl_uninstall_argv("istioctl") == ["istioctl", "uninstall", "--purge", "--skip-confirmation"]
+
+
+def test_proxy_config_secret_names_pod_dot_namespace_as_json():
+    assert installers.istioctl_proxy_secret_argv("istioctl", "curl-1", "foo") == [
+        "istioctl", "proxy-config", "secret", "curl-1.foo", "-o", "json"]
+
+
+def test_kind_create_pins_the_image_and_waits_with_a_unit(tmp_path):
+    image = tools.kind_node_image(None)
+    argv = installers.kind_create_argv("ccc", image, kubeconfig=tmp_path / "kc")
+    assert argv == ["kind", "create", "cluster", "--name", "ccc", "--image", image, "--wait", "120s",
+                    "--kubeconfig", str(tmp_path / "kc")]
+    assert argv[argv.index("--wait") + 1].endswith("s")
+
+
+def test_kind_create_passes_a_config_file(tmp_path):
+    argv = installers.kind_create_argv("ccc", "img", wait="3m", config=tmp_path / "kind.yaml", kind="/bin/kind")
+    assert argv[0] == "/bin/kind" and _flag(argv, "--config") == str(tmp_path / "kind.yaml")
+    assert _flag(argv, "--wait") == "3m"
+
+
+def test_kind_delete_get_and_export():
+    assert installers.kind_delete_argv("ccc") == ["kind", "delete", "cluster", "--name", "ccc"]
+    assert installers.kind_get_clusters_argv() == ["kind", "get", "clusters"]
+    assert installers.kind_export_kubeconfig_argv("ccc", "/k") == [
+        "kind", "export", "kubeconfig", "--name", "ccc", "--kubeconfig", "/k"]
+    assert installers.kind_context("ccc") == "kind-ccc"
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
+def _values(argv: list[str]) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == "--set"]
+
+
+# --- pins ------------------------------------------------------------------------------------
+
+
+def test_default_node_image_is_kind_v0_32_0s_digest_pinned_v1_36_1():
+    assert tools.KIND_VERSION == "v0.32.0"
+    assert tools.kind_node_image(None) == f"kindest/node:v1.36.1@sha256:{DIGEST}"
+
+
+@pytest.mark.parametrize("version", ["v1.35.5", "1.35.5"])
+def test_selectable_node_images_are_digest_pinned(version):
+    assert tools.kind_node_image(version) == (
+        "kindest/node:v1.35.5@sha256:ce977ae6d65918d0b58a5f8b5e940429c2ce42fa3a5619ec2bbc60b949c0ac95")
+
+
+def test_every_pinned_node_image_carries_a_sha256_digest():
+    for version, image in tools.KIND_NODE_IMAGES.items():
+        name, _, digest = image.partition("@sha256:")
+        assert name == f"kindest/node:{version}" and len(digest) == 64
+
+
+def test_an_unpinned_kubernetes_version_is_refused_with_the_choices():
+    with pytest.raises(ProviderUnavailable, match=r"v1\.99\.0.*v1\.36\.1"):
+        tools.kind_node_image("v1.99.0")
+
+
+def test_versions_pinned_as_the_facts_say():
+    assert (tools.ISTIO_VERSION, tools.CERT_MANAGER_VERSION) == ("1.30.3", "v1.21.1")
+    assert tools.CERT_MANAGER_CHART == "oci://quay.io/jetstack/charts/cert-manager"
+
+
+# --- checksums and versions -------------------------------------------------------------------
+
+HEX = hashlib.sha256(b"x").hexdigest()
+
+
+@pytest.mark.parametrize("text", [
+    f"{HEX}\n",  # bare digest (kubectl .sha256, helm .sha256)
+    f"{HEX} istioctl-1.30.3-linux-amd64.tar.gz\n",  # Istio release .sha256
+    f"{HEX}  kind-linux-amd64\n",  # shasum format (kind .sha256sum, helm .sha256sum)
+    f"{HEX.upper()}  FILE",
+])
+def test_checksum_is_the_first_token_of_every_layout(text):
+    assert tools.parse_checksum(text) == HEX
+
+
+@pytest.mark.parametrize("text", ["", "not-a-digest file", HEX[:-1]])
+def test_a_malformed_checksum_is_refused(text):
+    with pytest.raises(ValueError, match="not a SHA-256"):
+        tools.parse_checksum(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("client version: 1.30.3", (1, 30, 3)),
+    ("1.30.3", (1, 30, 3)),
+    ("v3.21.4", (3, 21, 4)),
+    ("no version", None),
+])
+def test_parse_version(text, expected):
+    assert tools.parse_version(text) == expected
+
+
+@pytest.mark.parametrize(("system", "machine", "expected"), [
+    ("Linux", "x86_64", "linux-amd64"), ("Linux", "aarch64", "linux-arm64"),
+    ("Darwin", "x86_64", "osx"), ("Darwin", "arm64", "osx-arm64"),
+])
+def test_istio_platform_names(system, machine, expected):
+    assert tools.istio_platform(system, machine) == expected
+
+
+def test_istioctl_archive_url():
+    assert tools.istioctl_archive_url("1.30.3", "linux-amd64") == (
+        "https://github.com/istio/istio/releases/download/1.30.3/istioctl-1.30.3-linux-amd64.tar.gz")
+
+
+# --- tool discovery ----------------------------------------------------------------------------
+
+
+def test_a_missing_tool_is_one_line_naming_it_and_how_to_install(monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(ProviderUnavailable) as raised:
+        tools.require_tool("kind")
+    message = str(raised.value)
+    assert message.startswith("kind is required for --cluster kind but was not found on PATH; install kind v0.32.0")
+    assert "\n" not in message
+
+
+def _fake_tool(directory, name: str, script: str) -> str:
+    path = directory / name
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(script))
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_docker_without_a_daemon_is_reported(tmp_path):
+    docker = _fake_tool(tmp_path, "docker", "echo 'Cannot connect to the Docker daemon' >&2; exit 1\n")
+    with pytest.raises(ProviderUnavailable, match="docker info` failed \\(Cannot connect to the Docker daemon\\)"):
+        tools.require_docker_daemon(docker)
+
+
+def test_helm_older_than_3_8_is_refused(tmp_path):
+    with pytest.raises(ProviderUnavailable, match="v3.7.0"):
+        tools.require_helm(_fake_tool(tmp_path, "helm", "echo v3.7.0\n"))
+    tools.require_helm(_fake_tool(tmp_path, "helm2", "echo v3.21.4\n"))
+
+
+def test_istioctl_explicit_path_must_be_executable(tmp_path):
+    with pytest.raises(ProviderUnavailable, match="not an executable file"):
+        tools.istioctl_for("1.30.3", str(tmp_path / "missing"))
+
+
+def test_istioctl_on_path_is_used_when_its_version_matches(tmp_path, monkeypatch):
+    istioctl = _fake_tool(tmp_path, "istioctl", "echo 'client version: 1.30.3'\n")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert tools.istioctl_for("1.30.3") == istioctl
+
+
+def test_istioctl_is_downloaded_verified_and_cached_when_path_has_another_version(tmp_path, monkeypatch):
+    _fake_tool(tmp_path, "istioctl", "echo 'client version: 1.29.0'\n")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("CUSTOM_CA_CONFORMANCE_CACHE", str(tmp_path / "cache"))
+    archive = _tarball("istioctl", b"#!/bin/sh\necho 'client version: 1.30.3'\n")
+    served = {}
+
+    def fake_get(url):
+        served[url] = True
+        return (hashlib.sha256(archive).hexdigest() + "  istioctl.tar.gz\n").encode() if url.endswith(".sha256") \
+            else archive
+
+    monkeypatch.setattr(tools, "_get", fake_get)
+    path = tools.istioctl_for("1.30.3")
+    assert path == str(tmp_path / "cache" / "istioctl" / "1.30.3" / "istioctl")
+    assert tools.istioctl_version(path) == (1, 30, 3)
+    assert any(url.endswith(f"istioctl-1.30.3-{tools.istio_platform()}.tar.gz") for url in served)
+    served.clear()
+    assert tools.istioctl_for("1.30.3") == path and not served  # cached
+
+
+def test_a_download_with_the_wrong_checksum_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUSTOM_CA_CONFORMANCE_CACHE", str(tmp_path / "cache"))
+    archive = _tarball("istioctl", b"binary")
+    monkeypatch.setattr(tools, "_get", lambda url: (HEX + "\n").encode() if url.endswith(".sha256") else archive)
+    with pytest.raises(ProviderUnavailable, match="does not match the published"):
+        tools.download_istioctl("1.30.3", tmp_path / "istioctl")
+    assert not (tmp_path / "istioctl").exists()
+
+
+def _tarball(name: str, content: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+# --- runner -------------------------------------------------------------------------------------
+
+
+def test_run_returns_stdout_and_logs_the_command(tmp_path):
+    log = tmp_path / "commands.log"
+    assert installers.run([sys.executable, "-c", "print(42)"], what="saying 42", timeout=30, log_file=log) == "42\n"
+    assert "print(42)" in log.read_text() and "exit code 0" in log.read_text()
+
+
+def test_run_failure_names_command_exit_code_and_stderr_tail(tmp_path):
+    script = "import sys; [print(f'line {i}', file=sys.stderr) for i in range(40)]; sys.exit(3)"
+    with pytest.raises(ProvisioningError) as raised:
+        installers.run([sys.executable, "-c", script], what="installing x", timeout=30, log_file=tmp_path / "log")
+    message = str(raised.value)
+    assert message.startswith("installing x: `")
+    assert "exited 3 (expected 0)" in message and str(tmp_path / "log") in message
+    assert "line 39" in message and "line 10" not in message
+
+
+def test_run_timeout_and_missing_binary_are_provisioning_errors():
+    with pytest.raises(ProvisioningError, match="did not finish within 0.5s"):
+        installers.run([sys.executable, "-c", "import time; time.sleep(5)"], what="sleeping", timeout=0.5)
+    with pytest.raises(ProvisioningError, match="not found"):
+        installers.run(["/nonexistent/tool"], what="running", timeout=5)

@@ -1,0 +1,424 @@
+"""The kind and existing providers without a cluster: probe parsing, install order, teardown rules."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from fixtures import installers, kube, render
+from fixtures.pki import cert_to_pem, make_intermediate_ca, make_self_signed_ca
+from fixtures.providers import existing
+from fixtures.providers.base import CsrRecord, ProviderSettings, ProviderUnavailable, ProvisioningError
+from fixtures.providers.kind import KindProvider
+from fixtures.topology import default_topology, from_document
+
+FOO_CURL = "spiffe://cluster.local/ns/foo/sa/curl"
+FOO_HTTPBIN = "spiffe://cluster.local/ns/foo/sa/httpbin"
+
+
+# --- probe command and its output -------------------------------------------------------------
+
+
+def _fake_curl(directory: Path, status: str, body: str, exit_code: int) -> None:
+    """A curl that honours -o and -w like the real one, for running the probe's shell script."""
+    script = textwrap.dedent(f"""\
+        #!/bin/sh
+        out=""
+        while [ $# -gt 0 ]; do
+          case "$1" in -o) out="$2"; shift;; esac
+          shift
+        done
+        printf '%s' '{body}' > "$out"
+        printf '%s' '{status}'
+        exit {exit_code}
+    """)
+    (directory / "curl").write_text(script)
+    (directory / "curl").chmod(0o755)
+
+
+@pytest.mark.parametrize(("status", "body", "exit_code"), [
+    ("200", '{"headers": {}}', 0),
+    ("503", "upstream connect error or disconnect/reset before headers. reset reason: connection failure", 0),
+    ("000", "", 28),
+])
+def test_probe_script_reports_status_body_and_curl_exit_code(tmp_path, status, body, exit_code):
+    _fake_curl(tmp_path, status, body, exit_code)
+    command = existing.curl_command("http://httpbin.foo:8000/headers?probe=abc", str(tmp_path / "body"))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == exit_code
+    seen_status, seen_body = existing.split_probe_output(result.stdout)
+    assert seen_status == (int(status) or None)
+    assert seen_body == body
+    assert not (tmp_path / "body").exists()
+
+
+def test_probe_url_targets_the_server_service_with_a_marker():
+    server = default_topology().tenant("bar").workloads[0]
+    assert existing.probe_url(server, "m1") == "http://httpbin.bar:8000/headers?probe=m1"
+
+
+def test_curl_command_passes_url_as_an_argument_not_in_the_script():
+    command = existing.curl_command("http://x/'$(reboot)'", "/tmp/b")
+    assert command[:2] == ["sh", "-c"] and command[-1] == "http://x/'$(reboot)'" and "reboot" not in command[2]
+    assert "--max-time 10" in command[2] and '-w "%{http_code}"' in command[2]
+
+
+# --- XFCC ------------------------------------------------------------------------------------------
+
+XFCC = f'By={FOO_HTTPBIN};Hash=abc123;Subject="";URI={FOO_CURL}'
+
+
+def test_identities_come_from_the_xfcc_httpbin_echoed():
+    body = json.dumps({"headers": {"X-Forwarded-Client-Cert": [XFCC], "Host": ["httpbin.foo:8000"]}})
+    assert existing.identities_from_xfcc(existing.xfcc_from_headers_json(body)) == (FOO_CURL, FOO_HTTPBIN)
+
+
+def test_xfcc_header_lookup_is_case_insensitive_and_accepts_strings():
+    assert existing.xfcc_from_headers_json(json.dumps({"headers": {"x-forwarded-client-cert": XFCC}})) == XFCC
+    assert existing.xfcc_from_headers_json("not json") is None
+    assert existing.xfcc_from_headers_json(json.dumps({"headers": {}})) is None
+
+
+def test_xfcc_quoted_values_may_hold_separators_and_the_last_element_is_the_nearest_hop():
+    value = f'By=spiffe://a;URI=spiffe://old,By={FOO_HTTPBIN};Subject="CN=x,O=y;z";URI={FOO_CURL}'
+    elements = existing.parse_xfcc(value)
+    assert elements[1]["Subject"] == "CN=x,O=y;z"
+    assert existing.identities_from_xfcc(value) == (FOO_CURL, FOO_HTTPBIN)
+    assert existing.identities_from_xfcc(None) == (None, None)
+
+
+# --- proxy-config secret ----------------------------------------------------------------------------
+
+
+def _secret_dump(chain_pem: str, root_pem: str, *, snake: bool = False) -> dict:
+    def key(camel: str) -> str:
+        return "".join(f"_{c.lower()}" if c.isupper() else c for c in camel) if snake else camel
+
+    def inline(pem: str) -> dict:
+        return {key("inlineBytes"): base64.b64encode(pem.encode()).decode()}
+
+    return {key("dynamicActiveSecrets"): [
+        {"name": "default", "secret": {"name": "default", key("tlsCertificate"): {
+            key("certificateChain"): inline(chain_pem), key("privateKey"): inline("[redacted]")}}},
+        {"name": "ROOTCA", "secret": {"name": "ROOTCA",
+                                      key("validationContext"): {key("trustedCa"): inline(root_pem)}}},
+    ]}
+
+
+@pytest.mark.parametrize("snake", [False, True])
+def test_proxy_config_secret_yields_the_chain_and_the_trusted_root(snake):
+    root = make_self_signed_ca("foo")
+    intermediate = make_intermediate_ca(root, "foo-int")
+    chain = intermediate.chain_pem
+    chain_pem, root_pem = existing.secrets_from_proxy_config(_secret_dump(chain, cert_to_pem(root.cert), snake=snake),
+                                                             "src")
+    assert chain_pem.decode() == chain and root_pem.decode() == cert_to_pem(root.cert)
+
+
+def test_a_sidecar_without_rootca_is_reported():
+    dump = _secret_dump("x", "y")
+    dump["dynamicActiveSecrets"].pop()
+    with pytest.raises(ProvisioningError, match="no ROOTCA secret"):
+        existing.secrets_from_proxy_config(dump, "istioctl proxy-config secret curl.foo")
+
+
+# --- install helpers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--v=2", "--feature-gates=ExperimentalCertificateSigningRequestControllers=true"], True),
+    (["--feature-gates=A=true,ExperimentalCertificateSigningRequestControllers=false"], False),
+    (["--v=2"], False),
+    (["--config=/var/cert-manager/config/config.yaml"], None),
+])
+def test_feature_gate_detection(args, expected):
+    assert existing.feature_gate_enabled(args, "ExperimentalCertificateSigningRequestControllers") is expected
+
+
+def test_run_id_annotates_only_deployment_pod_templates_without_touching_the_input():
+    objects = render.workload_objects(default_topology())
+    stamped = existing.with_run_id(objects, "r1")
+    for before, after in zip(objects, stamped):
+        if after["kind"] == "Deployment":
+            assert after["spec"]["template"]["metadata"]["annotations"] == {"custom-ca-conformance/run-id": "r1"}
+            assert "annotations" not in before["spec"]["template"]["metadata"]
+        else:
+            assert after == before
+
+
+def _record(spiffe_id: str, issued: bool) -> CsrRecord:
+    return CsrRecord(event="MODIFIED", name="c", signer_name="s", username="u", issued=issued, spiffe_ids=[spiffe_id])
+
+
+def test_tenants_missing_issued_csrs():
+    topology = default_topology()
+    assert existing.tenants_missing_issued_csrs(topology, []) == ["foo", "bar"]
+    records = [_record(FOO_CURL, True), _record("spiffe://cluster.local/ns/bar/sa/curl", False)]
+    assert existing.tenants_missing_issued_csrs(topology, records) == ["bar"]
+
+
+# --- provider requirements ---------------------------------------------------------------------------
+
+
+def _settings(tmp_path, **overrides) -> ProviderSettings:
+    return ProviderSettings(topology=default_topology(), workdir=tmp_path / "work", **overrides)
+
+
+def test_kind_without_kind_on_path_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(ProviderUnavailable) as raised:
+        KindProvider(_settings(tmp_path)).check_requirements()
+    assert str(raised.value).startswith("kind is required for --cluster kind but was not found on PATH")
+
+
+def test_kind_without_docker_says_docker(tmp_path, monkeypatch):
+    (tmp_path / "kind").write_text("#!/bin/sh\n")
+    (tmp_path / "kind").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ProviderUnavailable, match="^docker is required for --cluster kind"):
+        KindProvider(_settings(tmp_path)).check_requirements()
+
+
+def test_providers_refuse_signers_that_are_not_cert_manager_cluster_issuers(tmp_path):
+    topology = from_document({"signerDomain": "example.com", "signers": ["x"],
+                              "tenants": [{"namespace": "t", "signer": "x"}]}, source="topology file t.yaml")
+    settings = ProviderSettings(topology=topology, workdir=tmp_path)
+    for provider in (KindProvider(settings), existing.ExistingProvider(settings)):
+        with pytest.raises(ProviderUnavailable, match="t.yaml: signerDomain example.com is not supported"):
+            provider.check_requirements()
+
+
+def test_existing_without_a_kubeconfig_says_how_to_pass_one(tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    with pytest.raises(ProviderUnavailable, match="--kubeconfig .*missing is not a readable file"):
+        existing.ExistingProvider(_settings(tmp_path, kubeconfig=str(tmp_path / "missing"))).check_requirements()
+
+
+def _kubeconfig(path: Path, server: str = "https://127.0.0.1:1") -> Path:
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c1",
+        "clusters": [{"name": "k", "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c1", "context": {"cluster": "k", "user": "u"}}],
+    }))
+    return path
+
+
+def test_existing_with_an_unknown_context_lists_the_contexts(tmp_path):
+    kubeconfig = _kubeconfig(tmp_path / "kc")
+    with pytest.raises(ProviderUnavailable, match="has no context 'nope'; contexts: c1"):
+        existing.require_api_reachable(str(kubeconfig), "nope")
+
+
+def test_existing_with_an_unreachable_api_server_says_so(tmp_path):
+    kubeconfig = _kubeconfig(tmp_path / "kc")
+    with pytest.raises(ProviderUnavailable, match="the API server of context c1 does not answer"):
+        existing.require_api_reachable(str(kubeconfig), None)
+
+
+# --- kind cluster lifecycle -------------------------------------------------------------------------
+
+
+class _Recorder:
+    def __init__(self, clusters: str = ""):
+        self.commands: list[list[str]] = []
+        self.clusters = clusters
+
+    def run(self, argv, *, what, timeout, log_file=None):
+        self.commands.append(argv)
+        return self.clusters if argv[1:3] == ["get", "clusters"] else ""
+
+
+class _NullClient:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+@pytest.fixture(autouse=True)
+def no_real_clients(monkeypatch):
+    import kubernetes.config
+
+    monkeypatch.setattr(kubernetes.config, "new_client_from_config", lambda **kwargs: _NullClient())
+
+
+def _new_kind_provider(tmp_path, monkeypatch, clusters: str = "", **overrides):
+    recorder = _Recorder(clusters)
+    monkeypatch.setattr(installers, "run", recorder.run)
+    provider = KindProvider(_settings(tmp_path, **overrides))
+    provider._kind = "kind"
+    provider._tools = existing.Tools(istioctl="istioctl", helm="helm")
+    monkeypatch.setattr(provider, "_installer", lambda api_client: SimpleNamespace(install=lambda: None))
+    return provider, recorder
+
+
+def test_kind_creates_a_cluster_with_the_pinned_image_and_deletes_it_afterwards(tmp_path, monkeypatch):
+    provider, recorder = _new_kind_provider(tmp_path, monkeypatch)
+    state = provider.provision()
+    create = next(c for c in recorder.commands if c[1:3] == ["create", "cluster"])
+    assert create[create.index("--image") + 1].startswith("kindest/node:v1.36.1@sha256:")
+    assert state["created_cluster"] and state["context"] == "kind-custom-ca-conformance"
+    assert state["kubeconfig"] == str(tmp_path / "work" / "kubeconfig")
+    assert state["signer_roots"] == render.signer_root_refs(default_topology())
+    assert state["istiod_cluster_role"] == "istiod-clusterrole-istio-system"
+    assert state["csr_log"] == str(tmp_path / "work" / "csr-events.jsonl")
+    provider.teardown(state)
+    assert recorder.commands[-1][:5] == ["kind", "delete", "cluster", "--name", "custom-ca-conformance"]
+
+
+def test_kind_keeps_a_cluster_it_created_with_keep_cluster(tmp_path, monkeypatch):
+    provider, recorder = _new_kind_provider(tmp_path, monkeypatch, keep=True)
+    provider.teardown(provider.provision())
+    assert not any(c[1:3] == ["delete", "cluster"] for c in recorder.commands)
+
+
+def test_kind_refuses_an_existing_cluster_without_keep_cluster(tmp_path, monkeypatch):
+    provider, recorder = _new_kind_provider(tmp_path, monkeypatch, clusters="custom-ca-conformance\n")
+    with pytest.raises(ProvisioningError, match="already exists and was not created by this run"):
+        provider.provision()
+    provider.teardown(provider.state)
+    assert not any(c[1] in ("create", "delete") for c in recorder.commands)
+
+
+def test_kind_reuses_an_existing_cluster_with_keep_cluster_and_never_deletes_it(tmp_path, monkeypatch):
+    provider, recorder = _new_kind_provider(tmp_path, monkeypatch, clusters="other\ncustom-ca-conformance\n", keep=True)
+    state = provider.provision()
+    assert ["kind", "export", "kubeconfig"] == recorder.commands[-1][:3] and not state["created_cluster"]
+    provider.teardown(state)
+    assert not any(c[1] in ("create", "delete") for c in recorder.commands)
+
+
+# --- install order ------------------------------------------------------------------------------------
+
+
+def test_install_order_follows_the_task(tmp_path, monkeypatch):
+    """cert-manager -> issuers -> CA secrets -> roots -> Istio -> namespaces -> ProxyConfigs -> recorder ->
+    workloads -> ready -> sidecars -> CSRs issued -> recorder stopped."""
+    topology = default_topology()
+    steps: list[str] = []
+    roots = {s: make_self_signed_ca(s).cert_pem for s in topology.signers}
+
+    def named(name):
+        return lambda *args, **kwargs: steps.append(name)
+
+    monkeypatch.setattr(installers, "run", lambda argv, **kw: steps.append(f"run {argv[1]}") or "")
+    monkeypatch.setattr(kube, "wait_crd_established", lambda api, name, **kw: steps.append(f"crd {name}"))
+    monkeypatch.setattr(kube, "wait_deployment_ready", lambda api, ns, name, **kw: steps.append(f"ready {ns}/{name}"))
+    monkeypatch.setattr(kube, "wait_secret", lambda api, ns, name, key, **kw: steps.append(f"secret {name}"))
+    monkeypatch.setattr(kube, "wait_condition", lambda api, av, kind, name, **kw: steps.append(f"{kind} {name} Ready"))
+    monkeypatch.setattr(kube, "wait_pods_have_container",
+                        lambda api, ns, selector, *a, **kw: steps.append(f"sidecar {ns}/{selector}"))
+    monkeypatch.setattr(kube, "read_secret_pem", lambda api, ref: steps.append(f"root {ref['name']}")
+                        or roots[ref["name"].removesuffix("-ca-selfsigned")])
+    monkeypatch.setattr(kube, "apply", lambda api, objects, **kw: steps.append(
+        "apply " + ",".join(sorted({o["kind"] for o in objects}))))
+
+    class FakeRecorder:
+        def __init__(self, api, path):
+            self.path = path
+
+        def start(self):
+            steps.append("recorder start")
+            return self
+
+        def wait_until(self, predicate, timeout):
+            steps.append("csrs issued")
+            return predicate([_record(FOO_CURL, True), _record("spiffe://cluster.local/ns/bar/sa/curl", True)])
+
+        def records(self):
+            return []
+
+        def stop(self):
+            steps.append("recorder stop")
+
+    monkeypatch.setattr(kube, "CsrRecorder", FakeRecorder)
+    state = {"kubeconfig": "kc", "context": "c", "workdir": str(tmp_path), "csr_log": str(tmp_path / "csr.jsonl")}
+    installer = existing.MeshInstaller(topology, state, None, existing.Tools("istioctl", "helm"),
+                                       preinstalled=False, cert_manager_version="v1.21.1")
+    for method in ("_require_csr_gate", "_require_istiod_env", "_refuse_foreign_install"):
+        monkeypatch.setattr(installer, method, lambda *a, **k: None)
+    monkeypatch.setattr(installer, "_own_namespace", named("own namespace"))
+    monkeypatch.setattr(installer, "_tenant_namespaces", lambda: steps.append("apply Namespace"))
+    installer.install()
+
+    def index(step: str) -> int:
+        return steps.index(step)
+
+    assert index("run upgrade") < index("crd clusterissuers.cert-manager.io")
+    assert index("apply Certificate,ClusterIssuer") < index("secret foo-ca-selfsigned")
+    assert index("secret foo-ca-selfsigned") < index("ClusterIssuer foo Ready")
+    assert max(index(f"ClusterIssuer {s} Ready") for s in topology.signers) < index("root foo-ca-selfsigned")
+    assert max(index(f"root {s}-ca-selfsigned") for s in topology.signers) < index("run install")
+    assert index("run install") < index("ready istio-system/istiod") < index("apply Namespace")
+    assert index("apply Namespace") < index("apply ProxyConfig") < index("recorder start")
+    assert index("recorder start") < index("apply Deployment,Service,ServiceAccount") < index("ready foo/curl")
+    assert max(index(f"ready {w.namespace}/{w.name}") for w in topology.workloads) < index("sidecar foo/app=curl")
+    assert index("sidecar bar/app=httpbin") < index("csrs issued") < index("recorder stop") == len(steps) - 1
+    operator = (tmp_path / "manifests" / "20-istio-operator.yaml").read_text()
+    assert roots["bar"].splitlines()[1] in operator  # Istio was rendered with the exported roots
+
+
+def test_preinstalled_installs_nothing_cluster_wide_but_still_verifies(tmp_path, monkeypatch):
+    topology = default_topology()
+    commands, applied = [], []
+    monkeypatch.setattr(installers, "run", lambda argv, **kw: commands.append(argv) or "")
+    for name in ("wait_crd_established", "wait_deployment_ready", "wait_secret", "wait_condition",
+                 "wait_pods_have_container"):
+        monkeypatch.setattr(kube, name, lambda *a, **k: None)
+    monkeypatch.setattr(kube, "read_secret_pem", lambda api, ref: make_self_signed_ca("x").cert_pem)
+    monkeypatch.setattr(kube, "apply", lambda api, objects, **kw: applied.extend(o["kind"] for o in objects))
+    monkeypatch.setattr(kube, "CsrRecorder", lambda api, path: SimpleNamespace(
+        start=lambda: SimpleNamespace(wait_until=lambda p, timeout: True, stop=lambda: None, records=list)))
+    state = {"kubeconfig": "kc", "context": "c", "workdir": str(tmp_path), "csr_log": str(tmp_path / "csr.jsonl")}
+    installer = existing.MeshInstaller(topology, state, None, existing.Tools("istioctl"), preinstalled=True,
+                                       cert_manager_version="v1.21.1")
+    verified = []
+    monkeypatch.setattr(installer, "_require_csr_gate", lambda: verified.append("gate"))
+    monkeypatch.setattr(installer, "_require_istiod_env", lambda: verified.append("istiod env"))
+    monkeypatch.setattr(installer, "_tenant_namespaces", lambda: applied.append("Namespace"))
+    installer.install()
+    assert commands == []
+    assert "ClusterIssuer" not in applied and "Certificate" not in applied
+    assert verified == ["gate", "istiod env"]
+    assert state["created"] == {"namespaces": [], "istio": False, "signer_objects": False, "cert_manager": False,
+                                "system_namespaces": []}
+
+
+def test_uninstall_removes_only_what_was_created_newest_first(tmp_path, monkeypatch):
+    topology = default_topology()
+    events = []
+    monkeypatch.setattr(kube, "delete", lambda api, objects: events.append(
+        ("delete", sorted({o["kind"] for o in objects}), sorted({o["metadata"].get("namespace", o["metadata"]["name"])
+                                                                  for o in objects}))) or [])
+    monkeypatch.setattr(installers, "run", lambda argv, **kw: events.append(("run", argv[0], argv[1])) or "")
+    state = {"kubeconfig": "kc", "context": "c", "workdir": str(tmp_path), "created": {
+        "namespaces": ["foo"], "istio": True, "signer_objects": True, "cert_manager": True,
+        "system_namespaces": ["istio-system"]}}
+    problems = existing.uninstall(topology, state, None, existing.Tools("istioctl", "helm"))
+    assert problems == []
+    assert events == [
+        # bar existed before the run: only our objects in it go; foo is ours: the namespace goes.
+        ("delete", ["Deployment", "ProxyConfig", "Service", "ServiceAccount"], ["bar"]),
+        ("delete", ["Namespace"], ["foo"]),
+        ("run", "istioctl", "uninstall"),
+        ("delete", ["Certificate", "ClusterIssuer"], ["bar", "cert-manager", "foo", "istio-system",
+                                                      "selfsigned-bar-issuer", "selfsigned-foo-issuer",
+                                                      "selfsigned-istio-system-issuer"]),
+        ("run", "helm", "uninstall"),
+        ("delete", ["Namespace"], ["istio-system"]),
+    ]
+
+
+def test_existing_teardown_keeps_everything_with_keep_cluster(tmp_path, monkeypatch):
+    monkeypatch.setattr(existing, "uninstall", lambda *a: pytest.fail("nothing may be removed with --keep-cluster"))
+    existing.ExistingProvider(_settings(tmp_path, keep=True)).teardown({"kubeconfig": "kc", "created": {"istio": True}})
