@@ -271,3 +271,62 @@ def test_write_manifests_round_trips_through_yaml(tmp_path, topology, roots):
     assert [p.name for p in paths] == list(documents)
     for path in paths:
         assert list(yaml.safe_load_all(path.read_text())) == documents[path.name]
+
+
+# --- what istioctl makes of the IstioOperator (the pinned toolchain's istioctl, if built) ----
+
+
+@pytest.fixture(scope="module")
+def istioctl() -> str:
+    from fixtures import toolchain
+
+    try:
+        built = toolchain.cached_toolchain()
+    except toolchain.ToolchainError as exc:
+        pytest.skip(f"toolchain unavailable: {exc}")
+    if built is None:
+        pytest.skip("istioctl is not built: run `python -m fixtures.toolchain build`")
+    return str(built.istioctl)
+
+
+def _generate(istioctl: str, operator: dict, tmp_path) -> list[dict]:
+    import subprocess
+
+    path = render.write_document(operator, tmp_path / "istio-operator.yaml")
+    result = subprocess.run([istioctl, "manifest", "generate", "-f", str(path)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _approve_rules(manifest: list[dict]) -> list[dict]:
+    [role] = [d for d in manifest if d["kind"] == "ClusterRole" and d["metadata"]["name"] == render.ISTIOD_CLUSTER_ROLE]
+    return [r for r in role["rules"] if "signers" in r.get("resources", []) and "approve" in r.get("verbs", [])]
+
+
+def test_istioctl_renders_approve_rules_for_exactly_the_signers(istioctl, topology, roots, tmp_path):
+    rules = _approve_rules(_generate(istioctl, render.istio_operator(topology, roots), tmp_path))
+    assert rules and all(r.get("resourceNames") for r in rules), rules
+    assert {name for r in rules for name in r["resourceNames"]} == set(topology.signer_names)
+
+
+def test_without_cert_signers_the_chart_rule_would_allow_every_signer(istioctl, topology, roots, tmp_path):
+    """Why istio_operator sets values.global.certSigners: the task's overlay alone is not enough."""
+    operator = render.istio_operator(topology, roots)
+    del operator["spec"]["values"]["global"]["certSigners"]
+    rules = _approve_rules(_generate(istioctl, operator, tmp_path))
+    assert any(not r.get("resourceNames") for r in rules)
+
+
+def test_istioctl_renders_istiod_env_and_mesh_config(istioctl, topology, roots, tmp_path):
+    manifest = _generate(istioctl, render.istio_operator(topology, roots), tmp_path)
+    [istiod] = [d for d in manifest if d["kind"] == "Deployment" and d["metadata"]["name"] == "istiod"]
+    env: dict[str, str] = {}
+    for variable in istiod["spec"]["template"]["spec"]["containers"][0]["env"]:
+        env[variable["name"]] = variable.get("value")  # the last definition wins, as in the kubelet
+    assert {k: env.get(k) for k in render.istiod_env(topology)} == render.istiod_env(topology)
+    [mesh_map] = [d for d in manifest if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "istio"]
+    mesh = yaml.safe_load(mesh_map["data"]["mesh"])
+    assert mesh["caCertificates"] == render.mesh_config(topology, roots)["caCertificates"]
+    assert mesh["defaultConfig"]["proxyMetadata"] == {"ISTIO_META_CERT_SIGNER": topology.default_signer}
+    assert mesh["accessLogFile"] == "/dev/stdout"
