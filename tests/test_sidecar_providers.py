@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fixtures import installers, kube, render
+from fixtures import injection, installers, kube, render
 from fixtures.pki import cert_to_pem, make_intermediate_ca, make_self_signed_ca
 from fixtures.providers import existing
 from fixtures.providers.base import CsrRecord, ProviderSettings, ProviderUnavailable, ProvisioningError
@@ -342,6 +342,8 @@ def test_install_order_follows_the_task(tmp_path, monkeypatch):
             steps.append("recorder stop")
 
     monkeypatch.setattr(kube, "CsrRecorder", FakeRecorder)
+    monkeypatch.setattr(injection, "wait_until_tenants_are_injected_with_their_signers",
+                        lambda api, topo, objects: steps.append("injection applies ProxyConfigs"))
     state = {"kubeconfig": "kc", "context": "c", "workdir": str(tmp_path), "csr_log": str(tmp_path / "csr.jsonl")}
     installer = existing.MeshInstaller(topology, state, None, existing.Tools("istioctl", "helm"),
                                        preinstalled=False, cert_manager_version="v1.21.1")
@@ -360,7 +362,8 @@ def test_install_order_follows_the_task(tmp_path, monkeypatch):
     assert max(index(f"ClusterIssuer {s} Ready") for s in topology.signers) < index("root foo-ca-selfsigned")
     assert max(index(f"root {s}-ca-selfsigned") for s in topology.signers) < index("run install")
     assert index("run install") < index("ready istio-system/istiod") < index("apply Namespace")
-    assert index("apply Namespace") < index("apply ProxyConfig") < index("recorder start")
+    assert index("apply Namespace") < index("apply ProxyConfig") < index("injection applies ProxyConfigs")
+    assert index("injection applies ProxyConfigs") < index("recorder start")
     assert index("recorder start") < index("apply Deployment,Service,ServiceAccount") < index("ready foo/curl")
     assert max(index(f"ready {w.namespace}/{w.name}") for w in topology.workloads) < index("sidecar foo/app=curl")
     assert index("sidecar bar/app=httpbin") < index("csrs issued") < index("recorder stop") == len(steps) - 1
@@ -379,6 +382,7 @@ def test_preinstalled_installs_nothing_cluster_wide_but_still_verifies(tmp_path,
     monkeypatch.setattr(kube, "apply", lambda api, objects, **kw: applied.extend(o["kind"] for o in objects))
     monkeypatch.setattr(kube, "CsrRecorder", lambda api, path: SimpleNamespace(
         start=lambda: SimpleNamespace(wait_until=lambda p, timeout: True, stop=lambda: None, records=list)))
+    monkeypatch.setattr(injection, "wait_until_tenants_are_injected_with_their_signers", lambda *a: None)
     state = {"kubeconfig": "kc", "context": "c", "workdir": str(tmp_path), "csr_log": str(tmp_path / "csr.jsonl")}
     installer = existing.MeshInstaller(topology, state, None, existing.Tools("istioctl"), preinstalled=True,
                                        cert_manager_version="v1.21.1")

@@ -1,0 +1,358 @@
+#!/usr/bin/env python3
+"""Benchmark of the local provider: prints figures, asserts nothing about them.
+
+Figures (each measured here unless the note says otherwise):
+
+* toolchain build, warm: ``python -m fixtures.toolchain build`` with the existing cache;
+* toolchain build, cold: the same with fresh ``CUSTOM_CA_CONFORMANCE_CACHE`` and
+  ``GOCACHE`` (``--cold``; about 10 minutes on 2 cores). Module downloads stay cached
+  (``GOMODCACHE`` is kept): they are network time, not build time. Without ``--cold`` the
+  figure recorded in the existing toolchain's ``complete.json`` is shown;
+* control-plane start: etcd + kube-apiserver until ``/readyz``, started and stopped 3 times;
+* time to first workload certificate and full provisioning, as recorded by the local
+  provider in its state (``timings``, seconds since ``provision()`` began);
+* conformance wall time: ``python -m pytest conformance --cluster local`` serially and
+  with ``-n 2``, and a 10-tenant topology (100 pairs) with ``-n 2`` (``--skip-scale``
+  leaves that out).
+
+A failing pytest run, a failing build or a process left running fails the benchmark
+(non-zero exit). Everything goes to temporary directories that are removed at the end.
+
+Usage::
+
+    python bench/benchmark.py [--cold] [--skip-scale] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fixtures import toolchain as toolchain_module  # noqa: E402
+from fixtures.localplane.controlplane import start_control_plane  # noqa: E402
+from fixtures.localplane.processes import stop_from_pid_file  # noqa: E402
+from fixtures.topology import default_topology, generated_topology  # noqa: E402
+
+CONTROL_PLANE_RUNS = 3
+SCALE_TENANTS = 10
+PYTEST_BASE = ["-m", "pytest", "conformance", "--cluster", "local", "-q", "-p", "no:cacheprovider"]
+OUTCOME_WORDS = ("passed", "failed", "skipped", "error", "errors", "xfailed", "xpassed", "deselected")
+
+
+class BenchmarkError(RuntimeError):
+    """A measured step failed; the message says which and where its output is."""
+
+
+@dataclass
+class Figure:
+    name: str
+    seconds: float | None
+    note: str
+    details: dict = field(default_factory=dict)
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def temp_dir(label: str) -> Path:
+    # Short paths: pilot-agent puts unix sockets under the workdir (108-byte limit).
+    return Path(tempfile.mkdtemp(prefix=f"ccb-{label}-"))
+
+
+def run_timed(argv: list[str], *, env: dict | None = None, output: Path) -> tuple[float, int]:
+    """Run ``argv`` from the project root with stdout+stderr in ``output``; returns (seconds, exit code)."""
+    log(f"running: {' '.join(argv)}")
+    started = time.monotonic()
+    with output.open("w") as out:
+        code = subprocess.run(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    return time.monotonic() - started, code
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds >= 120:
+        return f"{seconds:.0f} s ({int(seconds // 60)}m{int(seconds % 60):02d}s)"
+    return f"{seconds:.2f} s" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def processes_under(directory: Path) -> list[str]:
+    """Processes whose command line or working directory lies under ``directory`` (leak check)."""
+    needle = str(directory.resolve())
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if needle in cmdline or cwd == needle or cwd.startswith(needle + "/"):
+            found.append(f"{proc.name} {cmdline[:120]}")
+    return found
+
+
+def check_nothing_left(workdir: Path, what: str) -> None:
+    """Fail if ``what`` left processes running under ``workdir``; stop them through its pid file first."""
+    leaked = processes_under(workdir)
+    if not leaked:
+        return
+    pid_file = workdir / "pids.json"
+    if pid_file.exists():
+        stop_from_pid_file(pid_file)
+    raise BenchmarkError(f"{what} left processes running under {workdir}:\n  " + "\n  ".join(leaked))
+
+
+# --- toolchain ---------------------------------------------------------------------------
+
+
+def toolchain_warm() -> Figure:
+    if toolchain_module.cached_toolchain() is None:
+        raise BenchmarkError(
+            f"the toolchain is not built in {toolchain_module.toolchain_dir()}: "
+            "run `python -m fixtures.toolchain build` first (the other figures need it)")
+    scratch = temp_dir("warm")
+    try:
+        seconds, code = run_timed([sys.executable, "-m", "fixtures.toolchain", "build"], output=scratch / "out")
+        if code != 0:
+            raise BenchmarkError(f"warm toolchain build exited {code}:\n{tail(scratch / 'out')}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return Figure("toolchain build, warm", seconds, "existing cache: checks the stamp, builds nothing")
+
+
+def toolchain_cold() -> Figure:
+    scratch = temp_dir("cold")
+    try:
+        env = dict(os.environ, **{toolchain_module.CACHE_ENV: str(scratch / "cache"),
+                                  "GOCACHE": str(scratch / "gocache")})
+        seconds, code = run_timed([sys.executable, "-m", "fixtures.toolchain", "build"], env=env,
+                                  output=scratch / "out")
+        if code != 0:
+            raise BenchmarkError(f"cold toolchain build exited {code}:\n{tail(scratch / 'out')}")
+        stamps = list((scratch / "cache" / "toolchain").glob(f"*/{toolchain_module.STAMP_NAME}"))
+        per_binary = json.loads(stamps[0].read_text())["build_seconds"] if stamps else {}
+    finally:
+        # Go writes its cache read-only in places; make it removable.
+        subprocess.run(["chmod", "-R", "u+w", str(scratch)], check=False)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return Figure("toolchain build, cold", seconds,
+                  f"measured now: fresh toolchain cache and GOCACHE, module downloads cached; {_per_binary(per_binary)}",
+                  {"build_seconds": per_binary})
+
+
+def toolchain_cold_recorded() -> Figure:
+    stamp_path = toolchain_module.toolchain_dir() / toolchain_module.STAMP_NAME
+    stamp = json.loads(stamp_path.read_text())
+    per_binary = stamp.get("build_seconds", {})
+    return Figure("toolchain build, cold", float(stamp["total_seconds"]),
+                  f"recorded at build time {stamp.get('completed_at', '?')} (complete.json, incl. downloads); "
+                  f"{_per_binary(per_binary)}",
+                  {"recorded": True, "build_seconds": per_binary, "stamp": str(stamp_path)})
+
+
+def _per_binary(per_binary: dict) -> str:
+    return ", ".join(f"{name} {seconds}s" for name, seconds in per_binary.items())
+
+
+# --- control plane ----------------------------------------------------------------------
+
+
+def control_plane_start(runs: int) -> Figure:
+    toolchain = toolchain_module.cached_toolchain()
+    scratch = temp_dir("cp")
+    samples = []
+    try:
+        for index in range(runs):
+            workdir = scratch / str(index)
+            plane = start_control_plane(toolchain, workdir, progress=lambda _line: None)
+            try:
+                samples.append(plane.startup_seconds)
+            finally:
+                plane.stop()
+            check_nothing_left(workdir, "a control-plane start")
+            log(f"control plane {index + 1}/{runs}: ready in {plane.startup_seconds:.2f}s")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    median = statistics.median(samples)
+    return Figure("control-plane start (median)", median,
+                  f"etcd + kube-apiserver to /readyz, {runs} runs: min {min(samples):.2f} s, "
+                  f"median {median:.2f} s", {"samples": [round(s, 3) for s in samples]})
+
+
+# --- pytest runs ---------------------------------------------------------------------------
+
+
+@dataclass
+class PytestRun:
+    label: str
+    argv: list[str]
+    pairs: int
+    seconds: float = 0.0
+    counts: dict = field(default_factory=dict)
+    summary: str = ""
+    timings: dict = field(default_factory=dict)
+
+
+def run_conformance(label: str, extra: list[str], pairs: int) -> PytestRun:
+    workdir = temp_dir(label)
+    output = workdir.parent / f"{workdir.name}.log"
+    argv = [sys.executable, *PYTEST_BASE, *extra, "--workdir", str(workdir)]
+    run = PytestRun(label, argv, pairs)
+    try:
+        run.seconds, code = run_timed(argv, output=output)
+        run.summary = _summary_line(output.read_text(errors="replace"))
+        run.counts = _counts(run.summary)
+        check_nothing_left(workdir, f"pytest ({label})")
+        if code != 0 or run.counts.get("failed") or run.counts.get("error") or run.counts.get("errors"):
+            raise BenchmarkError(f"pytest ({label}) exited {code}: {run.summary or 'no summary line'}\n"
+                                 f"--- last lines of its output ---\n{tail(output, 60)}")
+        state_file = workdir / "state.json"
+        if state_file.exists():
+            run.timings = json.loads(state_file.read_text()).get("state", {}).get("timings", {})
+        log(f"{label}: {run.summary} (wall {run.seconds:.1f}s)")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        output.unlink(missing_ok=True)
+    return run
+
+
+def _summary_line(text: str) -> str:
+    for line in reversed(text.splitlines()):
+        stripped = line.strip().strip("=").strip()
+        if re.search(r"\bin [\d.]+s\b", stripped) and any(word in stripped for word in OUTCOME_WORDS):
+            return stripped
+    return ""
+
+
+def _counts(summary: str) -> dict:
+    return {word: int(number) for number, word in re.findall(r"(\d+) (\w+)", summary) if word in OUTCOME_WORDS}
+
+
+def _counts_note(run: PytestRun) -> str:
+    counts = ", ".join(f"{number} {word}" for word, number in run.counts.items())
+    return f"{counts}; {run.pairs} pairs"
+
+
+def conformance_figures(runs: list[PytestRun]) -> list[Figure]:
+    figures = []
+    for run in runs:
+        workers = "-n 2" if "-n" in run.argv else "serial"
+        name = (f"{SCALE_TENANTS}-tenant topology ({workers})" if "--tenants" in run.argv
+                else f"conformance wall time ({workers})")
+        figures.append(Figure(name, run.seconds, _counts_note(run),
+                              {"argv": run.argv[1:], "summary": run.summary, "timings": run.timings}))
+    return figures
+
+
+def provisioning_figures(run: PytestRun, scale: PytestRun | None) -> list[Figure]:
+    timings = run.timings
+    if not timings:
+        raise BenchmarkError(f"pytest ({run.label}) left no timings in state.json: "
+                             "fixtures/providers/local.py records them in state['timings']")
+    figures = [
+        Figure("time to first workload certificate", timings.get("first_certificate_seconds"),
+               f"from provision() start; control plane ready at {timings.get('control_plane_seconds')} s, "
+               f"all {len(default_topology().workloads)} workloads at {timings.get('last_certificate_seconds')} s"),
+        Figure("full provisioning", timings.get("provision_seconds"),
+               "control plane, signer, istiod, injected pods, agents' certificates, TLS endpoints"),
+    ]
+    if scale is not None and scale.timings:
+        t = scale.timings
+        figures.append(Figure(f"full provisioning, {SCALE_TENANTS} tenants", t.get("provision_seconds"),
+                              f"first certificate at {t.get('first_certificate_seconds')} s, all "
+                              f"{len(generated_topology(SCALE_TENANTS).workloads)} at "
+                              f"{t.get('last_certificate_seconds')} s"))
+    return figures
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def environment() -> dict:
+    pins = toolchain_module.PINS
+    return {
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "go": toolchain_module.go_version(),
+        "kubernetes": pins.kubernetes_version,
+        "istio": pins.istio_release_label,
+        "load_average_at_start": round(os.getloadavg()[0], 2),
+    }
+
+
+def print_table(figures: list[Figure], env: dict) -> None:
+    print(f"custom-ca-conformance benchmark: {env['cpus']} CPUs {env['machine']}, Python {env['python']}, "
+          f"{env['go']}, kube-apiserver {env['kubernetes']}, istio {env['istio']}, "
+          f"load average {env['load_average_at_start']} at start")
+    width = max(len(f.name) for f in figures)
+    values = [fmt_seconds(f.seconds) for f in figures]
+    value_width = max(len(v) for v in values)
+    print(f"{'figure':<{width}}  {'value':>{value_width}}  note")
+    print(f"{'-' * width}  {'-' * value_width}  {'-' * 4}")
+    for figure, value in zip(figures, values):
+        print(f"{figure.name:<{width}}  {value:>{value_width}}  {figure.note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cold", action="store_true",
+                        help="measure a cold toolchain build (about 10 minutes on 2 cores); "
+                             "default: show the one recorded in the toolchain's complete.json")
+    parser.add_argument("--skip-scale", action="store_true",
+                        help=f"leave out the {SCALE_TENANTS}-tenant topology run")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    try:
+        env = environment()
+        figures = [toolchain_warm()]
+        figures.append(toolchain_cold() if args.cold else toolchain_cold_recorded())
+        figures.append(control_plane_start(CONTROL_PLANE_RUNS))
+        pairs = len(default_topology().pairs())
+        runs = [run_conformance("serial", [], pairs), run_conformance("n2", ["-n", "2"], pairs)]
+        scale = None
+        if not args.skip_scale:
+            scale = run_conformance("scale", ["--tenants", str(SCALE_TENANTS), "-n", "2"],
+                                    len(generated_topology(SCALE_TENANTS).pairs()))
+            runs.append(scale)
+        figures[3:3] = provisioning_figures(runs[0], scale)
+        figures += conformance_figures(runs)
+    except (BenchmarkError, toolchain_module.ToolchainError) as exc:
+        print(f"bench: FAILED: {exc}", file=sys.stderr)
+        return 1
+    log(f"benchmark done in {time.monotonic() - started:.0f}s")
+    print_table(figures, env)
+    if args.json:
+        document = {"environment": env, "figures": [asdict(f) for f in figures]}
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

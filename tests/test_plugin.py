@@ -1,0 +1,389 @@
+"""Self-tests of the pytest plugin (fixtures/plugin.py) through pytester: no cluster, nothing provisioned.
+
+Each case runs a real ``python -m pytest`` in a subprocess. Runs against the suite itself use the
+repository as working directory (its pyproject.toml, conftest.py and conformance/ tests); runs of
+throwaway test files load the plugin from a conftest.py in pytester's temporary directory. Every
+subprocess gets a PATH holding only ``python``: kind, docker, helm and istioctl are never found,
+so a regression that starts provisioning fails as a usage error instead of creating a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fixtures.session import STATE_ENV
+
+pytest_plugins = ("pytester",)
+
+REPO = Path(__file__).resolve().parents[1]
+TIER_FILES = {
+    "test_certificates.py",
+    "test_connectivity.py",
+    "test_csr.py",
+    "test_rbac.py",
+    "test_signer_contract.py",
+}
+PAIR_TESTS = {
+    "matrix": "test_connectivity.py::test_mtls",
+    "same": "test_connectivity.py::test_same_signer_request_is_mutual_tls",
+    "cross": "test_connectivity.py::test_cross_signer_request_fails_certificate_verification",
+    "cross_envoy": "test_connectivity.py::test_cross_signer_failure_names_certificate_verification_in_envoy_log",
+}
+MARKER_NAMES = ("connectivity", "certificates", "csr", "rbac", "signer", "requires")
+NODE_ID = re.compile(r"^conformance/(?P<file>[\w.]+\.py)::(?P<function>\w+)(?:\[(?P<id>.*)\])?$")
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bare_path(tmp_path_factory) -> Path:
+    """A directory holding only a ``python`` link: what PATH is for every subprocess here."""
+    directory = tmp_path_factory.mktemp("bin")
+    (directory / "python").symlink_to(sys.executable)
+    return directory
+
+
+@pytest.fixture
+def workdirs(tmp_path_factory) -> Path:
+    """TMPDIR of the subprocesses: provisioning would create its workdir here (new_workdir)."""
+    return tmp_path_factory.mktemp("tmpdir")
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, bare_path: Path, workdirs: Path):
+    """Run ``python -m pytest ARGS`` in the repository (default) or in pytester's directory."""
+    for name in (STATE_ENV, "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID",
+                 "KUBECONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PATH", str(bare_path))
+    monkeypatch.setenv("TMPDIR", str(workdirs))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # pytester prepends the working directory
+    pytester_dir = pytester.path
+
+    def run_pytest(*args: str, in_repo: bool = True) -> pytest.RunResult:
+        # pytester chdir'd into its directory through this same monkeypatch; undone after the test.
+        monkeypatch.chdir(REPO if in_repo else pytester_dir)
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=120)
+
+    return run_pytest
+
+
+def output(result: pytest.RunResult) -> str:
+    return "\n".join(result.outlines + result.errlines)
+
+
+def assert_clean(result: pytest.RunResult) -> None:
+    text = output(result)
+    assert "Traceback" not in text, text
+    assert "INTERNALERROR" not in text, text
+    assert "custom-ca: provisioning" not in text, text
+
+
+def assert_usage_error(result: pytest.RunResult, pattern: str) -> str:
+    """Exit code 4, exactly one ``ERROR:`` line matching ``pattern``, no traceback; returns the line."""
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, output(result)
+    errors = [line for line in result.outlines + result.errlines if line.startswith("ERROR:")]
+    assert len(errors) == 1, output(result)
+    assert re.fullmatch(pattern, errors[0]), errors[0]
+    assert_clean(result)
+    return errors[0]
+
+
+def collected(result: pytest.RunResult) -> list[re.Match]:
+    """The node ids ``--collect-only -q`` printed, parsed."""
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    assert_clean(result)
+    return [m for m in map(NODE_ID.match, result.outlines) if m]
+
+
+def ids_of(items: list[re.Match], test: str) -> list[str]:
+    file, _, function = test.partition("::")
+    return [m["id"] for m in items if m["file"] == file and m["function"] == function]
+
+
+def pairs(*names: str) -> set[str]:
+    return {f"{client}->{server}" for client in names for server in names}
+
+
+def write_topology(directory: Path) -> Path:
+    """Three tenants, two sharing a signer: same-signer pairs are not just client == server."""
+    path = directory / "three-tenants.yaml"
+    path.write_text(textwrap.dedent("""\
+        signers: [istio-system, shared, alone]
+        defaultSigner: istio-system
+        tenants:
+          - {namespace: alpha, signer: shared}
+          - {namespace: beta, signer: shared}
+          - {namespace: gamma, signer: alone}
+        """))
+    return path
+
+
+PLUGIN_CONFTEST = 'pytest_plugins = ("fixtures.plugin",)\n'
+
+
+# --- 1. default collection ------------------------------------------------------------------------
+
+
+def test_collect_only_lists_every_tier_and_the_default_pair_ids(run):
+    items = collected(run("--collect-only", "-q", "conformance"))
+    assert {m["file"] for m in items} == TIER_FILES
+    assert sorted(ids_of(items, PAIR_TESTS["matrix"])) == sorted(pairs("foo", "bar"))
+    assert sorted(ids_of(items, PAIR_TESTS["same"])) == ["bar->bar", "foo->foo"]
+    assert sorted(ids_of(items, PAIR_TESTS["cross"])) == ["bar->foo", "foo->bar"]
+    assert sorted(ids_of(items, PAIR_TESTS["cross_envoy"])) == ["bar->foo", "foo->bar"]
+    # Every pair id anywhere is one of the default topology's four.
+    pair_ids = {m["id"] for m in items if m["id"] and "->" in m["id"]}
+    assert pair_ids == pairs("foo", "bar")
+
+
+def test_collect_only_without_arguments_uses_testpaths(run):
+    items = collected(run("--collect-only", "-q"))
+    assert {m["file"] for m in items} == TIER_FILES
+
+
+# --- 2. selection by marker and by pair id --------------------------------------------------------
+
+
+def test_marker_selects_only_connectivity_tests(run):
+    everything = collected(run("--collect-only", "-q", "conformance"))
+    selected = collected(run("--collect-only", "-q", "-m", "connectivity", "conformance"))
+    assert selected, "-m connectivity selected nothing"
+    assert {m["file"] for m in selected} == {"test_connectivity.py"}
+    assert len(selected) == sum(1 for m in everything if m["file"] == "test_connectivity.py")
+
+
+def test_keyword_selects_one_pair_tests(run):
+    # `-k` cannot contain ">" (see the xfail below): "[foo-" and "bar]" pin the foo->bar pair.
+    selected = collected(run("--collect-only", "-q", "-k", "[foo- and bar]", "conformance"))
+    assert {m["id"] for m in selected} == {"foo->bar"}
+    assert {f"{m['file']}::{m['function']}" for m in selected} == {
+        PAIR_TESTS["matrix"], PAIR_TESTS["cross"], PAIR_TESTS["cross_envoy"]}
+
+
+def test_node_id_selects_one_pair(run):
+    selected = collected(run("--collect-only", "-q", f"conformance/{PAIR_TESTS['matrix']}[foo->bar]"))
+    assert [(m["function"], m["id"]) for m in selected] == [("test_mtls", "foo->bar")]
+
+
+@pytest.mark.xfail(strict=True, reason="pytest's -k grammar rejects '>', so pair ids like foo->bar "
+                                       "cannot be given to -k (pytest: 'unexpected character \">\"')")
+def test_keyword_with_the_literal_pair_id_selects_that_pair(run):
+    selected = collected(run("--collect-only", "-q", "-k", "foo->bar", "conformance"))
+    assert {m["id"] for m in selected} == {"foo->bar"}
+
+
+# --- 3. topology options and their errors ---------------------------------------------------------
+
+
+def test_topology_file_changes_the_pair_ids(run, tmp_path):
+    topology = write_topology(tmp_path)
+    items = collected(run("--collect-only", "-q", "--topology", str(topology), "conformance"))
+    matrix = ids_of(items, PAIR_TESTS["matrix"])
+    assert len(matrix) == 9
+    assert sorted(matrix) == sorted(pairs("alpha", "beta", "gamma"))
+    assert sorted(ids_of(items, PAIR_TESTS["same"])) == sorted(pairs("alpha", "beta") | {"gamma->gamma"})
+    assert sorted(ids_of(items, PAIR_TESTS["cross"])) == sorted(
+        ["alpha->gamma", "beta->gamma", "gamma->alpha", "gamma->beta"])
+    assert not any(m["id"] and "foo" in m["id"] for m in items)
+
+
+def test_tenants_option_generates_the_pair_ids(run):
+    items = collected(run("--collect-only", "-q", "--tenants", "3", "conformance"))
+    names = ("tenant1", "tenant2", "tenant3")
+    assert sorted(ids_of(items, PAIR_TESTS["matrix"])) == sorted(pairs(*names))
+    assert sorted(ids_of(items, PAIR_TESTS["same"])) == sorted(f"{n}->{n}" for n in names)
+    assert len(ids_of(items, PAIR_TESTS["cross"])) == 6
+
+
+def test_invalid_topology_file_is_one_usage_error_line(run, tmp_path):
+    topology = tmp_path / "bad.yaml"
+    topology.write_text("signers: [foo]\ntenants:\n  - {namespace: foo, signer: nope}\n")
+    line = assert_usage_error(run("--collect-only", "-q", "--topology", str(topology), "conformance"),
+                              r"ERROR: topology file .*: tenants\[0\]\.signer: .*")
+    assert str(topology) in line and "'nope'" in line
+
+
+def test_topology_file_failing_the_schema_is_one_usage_error_line(run, tmp_path):
+    topology = tmp_path / "schema.yaml"
+    topology.write_text("signers: [foo]\ntenants:\n  - {namespace: Not_A_Namespace, signer: foo}\n")
+    assert_usage_error(run("--collect-only", "-q", "--topology", str(topology), "conformance"),
+                       r"ERROR: topology file .*: tenants\[0\]\.namespace: .*")
+
+
+def test_missing_topology_file_is_one_usage_error_line(run, tmp_path):
+    assert_usage_error(run("--collect-only", "-q", "--topology", str(tmp_path / "absent.yaml"), "conformance"),
+                       r"ERROR: topology file .*absent\.yaml: cannot be read: .*")
+
+
+def test_zero_tenants_is_one_usage_error_line(run):
+    assert_usage_error(run("--collect-only", "-q", "--tenants", "0", "conformance"),
+                       r"ERROR: --tenants: must be at least 1, got 0")
+
+
+def test_topology_and_tenants_together_is_one_usage_error_line(run, tmp_path):
+    topology = write_topology(tmp_path)
+    assert_usage_error(run("--collect-only", "-q", "--topology", str(topology), "--tenants", "2", "conformance"),
+                       r"ERROR: --topology and --tenants exclude each other.*")
+
+
+def test_bad_signer_profile_is_one_usage_error_line(run, tmp_path):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("name: vendor\n")
+    assert_usage_error(run("--collect-only", "-q", "--signer-profile", str(profile), "conformance"),
+                       r"ERROR: signer profile .*profile\.yaml: top level: 'signers' is a required property")
+
+
+def test_unknown_cluster_is_a_usage_error(run):
+    result = run("--collect-only", "-q", "--cluster", "nope", "conformance")
+    # argparse's own message: a usage line, then the reason on the next line.
+    assert_usage_error(result, r"ERROR: usage: .*")
+    assert "argument --cluster: invalid choice: 'nope'" in output(result)
+
+
+def test_unknown_cluster_in_ini_is_one_usage_error_line(run):
+    assert_usage_error(run("--collect-only", "-q", "-o", "custom_ca_cluster=nope", "conformance"),
+                       r"ERROR: custom_ca_cluster: 'nope' is not one of \['existing', 'kind', 'local'\]")
+
+
+# --- 4. a missing provider tool stops the run before anything is provisioned ----------------------
+
+
+def test_running_without_kind_is_one_usage_error_line(run, workdirs):
+    result = run("conformance", "-k", "rbac", "--cluster", "kind")
+    assert_usage_error(result, r"ERROR: kind is required for --cluster kind but was not found on PATH.*")
+    assert list(workdirs.iterdir()) == [], "a workdir was created: provisioning started"
+
+
+# --- 5. --strict-skips ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def skipping_tests(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(PLUGIN_CONFTEST)
+    pytester.makepyfile(test_skips="""
+        import pytest
+        from fixtures.providers.base import Capability
+
+        def test_plain_skip():
+            pytest.skip("some other reason")
+
+        @pytest.mark.requires(Capability.ENVOY_DATA_PLANE)
+        def test_needs_envoy():
+            pass
+
+        def test_passes():
+            pass
+        """)
+
+
+def test_skips_pass_without_strict_skips(run, skipping_tests):
+    # --cluster local: its reference data plane lacks ENVOY_DATA_PLANE, so `requires` skips.
+    result = run("--cluster", "local", "-rs", "test_skips.py", in_repo=False)
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    result.assert_outcomes(passed=1, skipped=2)
+    assert_clean(result)
+
+
+def test_strict_skips_fails_a_plain_skip(run, skipping_tests):
+    result = run("--cluster", "local", "--strict-skips", "test_skips.py", in_repo=False)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
+    result.assert_outcomes(passed=1, skipped=1, failed=1)
+    result.stdout.fnmatch_lines(["*--strict-skips: test_skips.py::test_plain_skip was skipped: *some other reason*"])
+    assert_clean(result)
+
+
+def test_strict_skips_accepts_a_capability_skip(run, skipping_tests):
+    result = run("--cluster", "local", "--strict-skips", "-rs", "-k", "needs_envoy", "test_skips.py", in_repo=False)
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*provider lacks capability envoy-data-plane*"])
+    assert "--strict-skips:" not in output(result)
+
+
+def test_capability_present_runs_the_test(run, skipping_tests):
+    # kind's Envoy sidecars have ENVOY_DATA_PLANE: the same test runs (and nothing is provisioned).
+    result = run("--cluster", "kind", "--strict-skips", "-k", "needs_envoy", "test_skips.py", in_repo=False)
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    result.assert_outcomes(passed=1)
+    assert_clean(result)
+
+
+def test_plugin_outside_the_repository_does_not_provision(run, skipping_tests, workdirs):
+    # No conformance/ under the rootdir: a bare `pytest` there must not try to bring up kind.
+    result = run("--cluster", "kind", in_repo=False)
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    result.assert_outcomes(passed=2, skipped=1)
+    assert_clean(result)
+    assert list(workdirs.iterdir()) == []
+
+
+# --- 6. report header -----------------------------------------------------------------------------
+
+
+def test_report_header_names_cluster_and_default_topology(run):
+    result = run("--collect-only", "conformance")
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    result.stdout.fnmatch_lines([
+        "custom-ca: cluster=kind (custom-ca-conformance, *) data-plane=Envoy sidecars*",
+        "custom-ca: default topology: signers=istio-system,foo,bar tenants=foo->foo,bar->bar "
+        "domain=clusterissuers.cert-manager.io",
+    ])
+    assert_clean(result)
+
+
+def test_report_header_follows_cluster_and_topology_options(run, tmp_path):
+    topology = write_topology(tmp_path)
+    result = run("--collect-only", "--cluster", "local", "--topology", str(topology), "conformance")
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    result.stdout.fnmatch_lines([
+        "custom-ca: cluster=local * data-plane=reference TLS endpoints*",
+        f"custom-ca: topology file {topology}: signers=istio-system,shared,alone "
+        "tenants=alpha->shared,beta->shared,gamma->alone *",
+    ])
+    assert_clean(result)
+
+
+# --- 7. markers -----------------------------------------------------------------------------------
+
+
+def test_markers_are_registered(run):
+    result = run("--markers")
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    listed = {m.group(1) for m in map(re.compile(r"^@pytest\.mark\.(\w+)\b").match, result.outlines) if m}
+    assert set(MARKER_NAMES) <= listed, sorted(listed)
+
+
+def test_markers_pass_strict_markers_and_unknown_ones_do_not(run, pytester):
+    pytester.makeconftest(PLUGIN_CONFTEST)
+    decorators = "\n".join(f"@pytest.mark.{name}" for name in MARKER_NAMES if name != "requires")
+    pytester.makepyfile(test_marked=f"""
+import pytest
+from fixtures.providers.base import Capability
+
+{decorators}
+@pytest.mark.requires(Capability.KUBELET)
+def test_all_markers():
+    pass
+""")
+    result = run("--strict-markers", "--collect-only", "-q", "test_marked.py", in_repo=False)
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    assert_clean(result)
+    pytester.makepyfile(test_unknown="""
+import pytest
+
+@pytest.mark.connectivty
+def test_misspelt():
+    pass
+""")
+    result = run("--strict-markers", "--collect-only", "-q", "test_unknown.py", in_repo=False)
+    assert result.ret != pytest.ExitCode.OK
+    assert "'connectivty' not found in `markers` configuration option" in output(result)
