@@ -268,17 +268,20 @@ def conformance_figures(runs: list[PytestRun]) -> list[Figure]:
     return figures
 
 
-def provisioning_figures(run: PytestRun, scale: PytestRun | None) -> list[Figure]:
-    timings = run.timings
+def provisioning_figures(run: PytestRun, other: PytestRun, scale: PytestRun | None) -> list[Figure]:
+    """From the serial run's timings; ``other`` (same topology, -n 2) shows the run-to-run spread."""
+    timings, again = run.timings, other.timings
     if not timings:
         raise BenchmarkError(f"pytest ({run.label}) left no timings in state.json: "
                              "fixtures/providers/local.py records them in state['timings']")
     figures = [
         Figure("time to first workload certificate", timings.get("first_certificate_seconds"),
                f"from provision() start; control plane ready at {timings.get('control_plane_seconds')} s, "
-               f"all {len(default_topology().workloads)} workloads at {timings.get('last_certificate_seconds')} s"),
+               f"all {len(default_topology().workloads)} workloads at {timings.get('last_certificate_seconds')} s "
+               f"(-n 2 run: {again.get('first_certificate_seconds')} s)"),
         Figure("full provisioning", timings.get("provision_seconds"),
-               "control plane, signer, istiod, injected pods, agents' certificates, TLS endpoints"),
+               "control plane, signer, istiod, injected pods, agents' certificates, TLS endpoints "
+               f"(-n 2 run: {again.get('provision_seconds')} s)"),
     ]
     if scale is not None and scale.timings:
         t = scale.timings
@@ -341,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             scale = run_conformance("scale", ["--tenants", str(SCALE_TENANTS), "-n", "2"],
                                     len(generated_topology(SCALE_TENANTS).pairs()))
             runs.append(scale)
-        figures[3:3] = provisioning_figures(runs[0], scale)
+        figures[3:3] = provisioning_figures(runs[0], runs[1], scale)
         figures += conformance_figures(runs)
     except (BenchmarkError, toolchain_module.ToolchainError) as exc:
         print(f"bench: FAILED: {exc}", file=sys.stderr)

@@ -313,10 +313,12 @@ def breakage_matrix(control_plane, tmp_path_factory, request):
     matrix.close()
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     done = {v: f.result() for v, f in matrix.futures.items() if f.done() and not f.cancelled() and not f.exception()}
-    if reporter and done:
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter and capture and done:
         timings = ", ".join(f"{_variant_id(v)} {run.seconds:.0f}s" for v, run in done.items())
-        reporter.write_line(f"\nsigner breakage matrix: {len(done)} contract runs in "
-                            f"{time.monotonic() - matrix.started:.0f}s ({timings})")
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\nsigner breakage matrix: {len(done)} contract runs in "
+                                f"{time.monotonic() - matrix.started:.0f}s ({timings})")
 
 
 # --- the expectations themselves (no cluster) --------------------------------------------------
