@@ -36,7 +36,16 @@ def _require(profile, feature: Feature) -> None:
         pytest.skip(f"{profile.name} declares {feature.value} unsupported ({profile.source})")
 
 
-def _issued(issued_certificates, signer, key_kind="ecdsa"):
+KEY_KINDS = ("ecdsa", "rsa", "ed25519")  # ecdsa first: pilot-agent's default key
+
+
+def _issued(issued_certificates, signer, profile, key_kind=None):
+    """The shared certificate of ``key_kind`` (default: the first kind the signer supports)."""
+    if key_kind is None:
+        supported = [kind for kind in KEY_KINDS if profile.supports(Feature(kind))]
+        if not supported:
+            pytest.skip(f"{profile.name} declares every key kind unsupported ({profile.source})")
+        key_kind = supported[0]
     case = issued_certificates(signer, key_kind)
     if case.outcome.certificate_pem is None:
         pytest.skip(f"no certificate was issued for {signer.signer_name} ({key_kind}): "
@@ -46,7 +55,7 @@ def _issued(issued_certificates, signer, key_kind="ecdsa"):
 
 def _issues_at_all(signer, profile, issued_certificates) -> bool:
     """Whether the signer issued the shared CSR of any key kind it supports (or supports none)."""
-    kinds = [kind for kind in ("ecdsa", "rsa", "ed25519") if profile.supports(Feature(kind))]
+    kinds = [kind for kind in KEY_KINDS if profile.supports(Feature(kind))]
     return not kinds or any(issued_certificates(signer, kind).outcome.certificate_pem for kind in kinds)
 
 
@@ -74,8 +83,8 @@ def test_approved_istio_csr_is_issued(signer, key_kind, signer_profile, issued_c
     )
 
 
-def test_issued_certificate_is_wellformed_pem(signer, issued_certificates):
-    case = _issued(issued_certificates, signer)
+def test_issued_certificate_is_wellformed_pem(signer, signer_profile, issued_certificates):
+    case = _issued(issued_certificates, signer, signer_profile)
     text = case.outcome.certificate_pem.decode(errors="replace")
     block_types = {line[len("-----BEGIN "):-5] for line in text.splitlines() if line.startswith("-----BEGIN ")}
     try:
@@ -94,27 +103,27 @@ def test_issued_certificate_is_wellformed_pem(signer, issued_certificates):
 @pytest.mark.parametrize("key_kind", ["rsa", "ecdsa", "ed25519"])
 def test_issued_certificate_carries_the_request_public_key(signer, key_kind, signer_profile, issued_certificates):
     _require(signer_profile, Feature(key_kind))
-    case = _issued(issued_certificates, signer, key_kind)
+    case = _issued(issued_certificates, signer, signer_profile, key_kind)
     leaf = _parsed_chain(case)[0]
     assert pki.same_public_key(leaf, case.csr.key), mismatch(
         "the leaf certificate's public key is the CSR's", pki.describe_cert(leaf), case.csr.name)
 
 
-def test_issued_certificate_carries_the_spiffe_uri_san(signer, issued_certificates):
-    case = _issued(issued_certificates, signer)
+def test_issued_certificate_carries_the_spiffe_uri_san(signer, signer_profile, issued_certificates):
+    case = _issued(issued_certificates, signer, signer_profile)
     leaf = _parsed_chain(case)[0]
     assert pki.spiffe_ids(leaf) == [case.csr.spiffe_id], mismatch(
         f"exactly the URI SAN {case.csr.spiffe_id}", pki.describe_cert(leaf), case.csr.name)
 
 
-def test_issued_certificate_is_not_a_ca(signer, issued_certificates):
-    case = _issued(issued_certificates, signer)
+def test_issued_certificate_is_not_a_ca(signer, signer_profile, issued_certificates):
+    case = _issued(issued_certificates, signer, signer_profile)
     leaf = _parsed_chain(case)[0]
     assert not pki.is_ca(leaf), mismatch("basicConstraints CA:false (or absent)", pki.describe_cert(leaf), case.csr.name)
 
 
-def test_issued_certificate_has_the_requested_usages(signer, issued_certificates):
-    case = _issued(issued_certificates, signer)
+def test_issued_certificate_has_the_requested_usages(signer, signer_profile, issued_certificates):
+    case = _issued(issued_certificates, signer, signer_profile)
     leaf = _parsed_chain(case)[0]
     missing = set(ISTIO_USAGES) - pki.kube_usages(leaf)
     assert not missing, mismatch(
@@ -123,7 +132,7 @@ def test_issued_certificate_has_the_requested_usages(signer, issued_certificates
 
 def test_expiration_seconds_is_honoured(signer, signer_profile, issued_certificates):
     _require(signer_profile, Feature.EXPIRATION_SECONDS)
-    case = _issued(issued_certificates, signer)
+    case = _issued(issued_certificates, signer, signer_profile)
     leaf = _parsed_chain(case)[0]
     requested_until = case.created_at + dt.timedelta(seconds=CONTRACT_EXPIRATION_SECONDS)
     drift = abs(leaf.not_valid_after_utc - requested_until)
@@ -135,8 +144,8 @@ def test_expiration_seconds_is_honoured(signer, signer_profile, issued_certifica
     )
 
 
-def test_chain_verifies_to_the_published_ca_bundle(signer, signer_cluster, issued_certificates):
-    case = _issued(issued_certificates, signer)
+def test_chain_verifies_to_the_published_ca_bundle(signer, signer_profile, signer_cluster, issued_certificates):
+    case = _issued(issued_certificates, signer, signer_profile)
     chain = _parsed_chain(case)
     bundle = signer.ca_bundle.read(signer_cluster.api_client)
     root = pki.load_pem_chain(bundle)[-1] if bundle else chain[-1]

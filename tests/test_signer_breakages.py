@@ -39,9 +39,10 @@ CONTRACT_FILE = REPO_ROOT / "conformance" / "test_signer_contract.py"
 CONTRACT_CLASSNAME = "conformance.test_signer_contract"
 
 INTACT = "intact"
-# Short on purpose: the reference signer puts "<name after the slash> intermediate CA" in a
+# Short on purpose: the reference signer names its CAs "<signerName> intermediate CA" in a
 # certificate CN, which X.509 caps at 64 characters.
 SIGNER_DOMAIN = "breakage.cca.test"
+CN_MAX = 64
 # Variants that sign outside their own signerNames must not share the cluster with another run.
 EXCLUSIVE = frozenset({Breakage.SIGN_FOREIGN})
 # Legal deviations: the contract must accept them.
@@ -217,7 +218,18 @@ def _child_env(tmpdir: Path) -> dict[str, str]:
            if not key.startswith(("PYTEST_", "CUSTOM_CA_CONFORMANCE_")) and key != "KUBECONFIG"}
     env["TMPDIR"] = str(tmpdir)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"  # what it printed is kept even if it has to be killed
     return env
+
+
+def _text(output: str | bytes | None) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else (output or "")
+
+
+def _tail(path: Path, what: str, lines: int = 5) -> str:
+    if not path.is_file():
+        return f"; no {what} at {path} yet"
+    return f"; {what} {path} ends:\n      " + "\n      ".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 def run_contract(control_plane, variant: Breakage | None, workdir: Path) -> ContractRun:
@@ -242,9 +254,11 @@ def run_contract(control_plane, variant: Breakage | None, workdir: Path) -> Cont
             result = subprocess.run(argv, cwd=REPO_ROOT, env=_child_env(workdir / "tmp"), capture_output=True,
                                     text=True, timeout=RUN_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired as exc:
-            stdout = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-            return ContractRun(variant, None, {}, short_summary(stdout), time.monotonic() - started, junit,
-                               signer_log, problem=f"no result within {RUN_TIMEOUT_SECONDS}s: {' '.join(argv)}")
+            output = "".join(_text(part) for part in (exc.stdout, exc.stderr))
+            return ContractRun(variant, None, {}, short_summary(output, lines=15), time.monotonic() - started,
+                               junit, signer_log,
+                               problem=f"no result within {RUN_TIMEOUT_SECONDS}s: {' '.join(argv)}"
+                                       + _tail(workdir / "run" / "provision.log", "provisioning log"))
         (workdir / "contract.out").write_text(result.stdout + "\n--- stderr ---\n" + result.stderr)
         problem = ""
         outcomes: dict[str, set[str]] = {}
@@ -353,6 +367,12 @@ def test_every_breakage_has_an_expectation_and_each_illegal_one_is_caught():
     assert all(not EXPECTED_FAILURES[b] for b in LEGAL)
 
 
+def test_signer_names_fit_the_reference_signer_ca_names():
+    too_long = [signer_name(v) for v in VARIANTS if len(f"{signer_name(v)} intermediate CA") > CN_MAX]
+
+    assert not too_long, f"the reference signer cannot name its CAs after {too_long} (CN over {CN_MAX} characters)"
+
+
 def test_contract_outcomes_reads_pytest_junit_xml(tmp_path):
     report = tmp_path / "report.xml"
     report.write_text(
@@ -381,9 +401,9 @@ def test_contract_catches_exactly_the_breakage(breakage_matrix, variant):
     must_skip = EXPECTED_SKIPS.get(variant, frozenset())
     may_skip = must_skip | MAY_SKIP.get(variant, frozenset())
 
-    assert not run.problem and set(run.outcomes) == CONTRACT_TESTS, (
-        f"every contract test should have run against {_variant_id(variant)}; ran {sorted(run.outcomes)}\n"
-        + run.describe())
+    if run.problem or set(run.outcomes) != CONTRACT_TESTS:
+        pytest.fail(f"every contract test should have run against {_variant_id(variant)}; "
+                    f"ran {sorted(run.outcomes)}\n" + run.describe(), pytrace=False)
     assert run.failed == expected_failed, (
         f"{_variant_id(variant)}: the contract tests that failed are not the expected ones"
         f"\n  expected failed:     {sorted(expected_failed)}"
