@@ -1,0 +1,96 @@
+"""The topology model: the default is the Istio task, files are validated with one-line errors."""
+
+import pytest
+
+from fixtures.topology import (
+    Role,
+    TopologyError,
+    default_topology,
+    from_document,
+    generated_topology,
+    load_topology,
+)
+
+
+def test_default_topology_is_the_istio_task():
+    topology = default_topology()
+    assert topology.signers == ("istio-system", "foo", "bar")
+    assert topology.default_signer == "istio-system"
+    assert {t.namespace: t.signer for t in topology.tenants} == {"foo": "foo", "bar": "bar"}
+    assert topology.signer_names == ("clusterissuers.cert-manager.io/istio-system",
+                                     "clusterissuers.cert-manager.io/foo", "clusterissuers.cert-manager.io/bar")
+    assert [w.id for w in topology.workloads] == ["foo/httpbin", "foo/curl", "bar/httpbin", "bar/curl"]
+
+
+def test_pairs_are_every_client_against_every_server_with_signer_equality():
+    pairs = {p.id: p for p in default_topology().pairs()}
+    assert set(pairs) == {"foo->foo", "foo->bar", "bar->foo", "bar->bar"}
+    assert pairs["foo->foo"].same_signer and not pairs["foo->bar"].same_signer
+    assert pairs["foo->bar"].client.role is Role.CLIENT and pairs["foo->bar"].server.role is Role.SERVER
+
+
+def test_tenants_sharing_a_signer_make_same_signer_pairs():
+    topology = from_document({"signers": ["s"], "tenants": [{"namespace": "a", "signer": "s"},
+                                                            {"namespace": "b", "signer": "s"}]}, source="t")
+    assert all(p.same_signer for p in topology.pairs())
+
+
+def test_a_tenant_without_client_has_no_outgoing_pairs():
+    topology = from_document({"signers": ["s", "t"], "tenants": [
+        {"namespace": "a", "signer": "s", "workloads": ["httpbin"]},
+        {"namespace": "b", "signer": "t"}]}, source="t")
+    assert sorted(p.id for p in topology.pairs()) == ["b->a", "b->b"]
+
+
+def test_generated_topology_has_one_signer_per_tenant():
+    topology = generated_topology(10)
+    assert len(topology.tenants) == 10 and len(topology.pairs()) == 100
+    assert sum(p.same_signer for p in topology.pairs()) == 10
+
+
+@pytest.mark.parametrize("document, message", [
+    ({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "b"}]},
+     "tenants[0].signer: 'b' is not listed in signers ['a']"),
+    ({"signers": ["a"], "tenants": [{"namespace": "Bad_NS", "signer": "a"}]},
+     "tenants[0].namespace: 'Bad_NS' does not match"),
+    ({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "a"}, {"namespace": "x", "signer": "a"}]},
+     "tenants[1].namespace: 'x' is listed twice"),
+    ({"signers": ["a"], "defaultSigner": "z", "tenants": [{"namespace": "x", "signer": "a"}]},
+     "defaultSigner: 'z' is not listed in signers"),
+    ({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "a", "workloads": ["nginx"]}]},
+     "tenants[0].workloads[0]: 'nginx' is not one of"),
+    ({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "a"}], "colour": "red"},
+     "top level: Additional properties are not allowed ('colour' was unexpected)"),
+    ({"signers": ["a"], "signerDomain": "nodots", "tenants": [{"namespace": "x", "signer": "a"}]},
+     "signerDomain: 'nodots' does not match"),
+    ({"tenants": [{"namespace": "x", "signer": "a"}]}, "top level: 'signers' is a required property"),
+])
+def test_invalid_documents_fail_with_one_line_naming_the_field(document, message):
+    with pytest.raises(TopologyError) as error:
+        from_document(document, source="topology file t.yaml")
+    text = str(error.value)
+    assert text.startswith("topology file t.yaml: ") and message in text and "\n" not in text
+
+
+def test_load_topology_reads_yaml_and_reports_syntax_errors_with_the_line(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("signers: [a, b]\ntenants:\n  - {namespace: x, signer: b}\n")
+    assert load_topology(good).tenant("x").signer == "b"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("signers: [a\ntenants: []\n")
+    with pytest.raises(TopologyError, match=r"bad.yaml: not valid YAML at line \d+$"):
+        load_topology(bad)
+    with pytest.raises(TopologyError, match="cannot be read"):
+        load_topology(tmp_path / "missing.yaml")
+
+
+def test_the_readme_topology_example_is_valid():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"## Topology file\n\n```yaml\n(.*?)```", readme, re.S).group(1)
+    import yaml
+
+    topology = from_document(yaml.safe_load(block), source="README")
+    assert len(topology.pairs()) == 6  # baz has no client: 2 clients x 3 servers
