@@ -2,6 +2,7 @@
 
 import pytest
 
+from fixtures.injection import CERT_SIGNER_ENV, injected_signer
 from fixtures.messages import mismatch
 
 pytestmark = pytest.mark.csr
@@ -57,4 +58,17 @@ def test_no_csr_names_an_unconfigured_signer(mesh, topology):
         f"CSRs only for {sorted(topology.signer_names)}",
         f"also {unknown}",
         f"CSR watch log {mesh.csr_log_path}",
+    )
+
+
+def test_workload_sidecar_asks_for_the_tenant_signer(workload, mesh, topology):
+    """The tenant's ProxyConfig reached the injected sidecar (it is applied at injection only)."""
+    pod = mesh.workload_pod(workload)
+    expected = topology.signer_of(workload)
+    seen = injected_signer(pod)
+    assert seen == expected, mismatch(
+        f"{CERT_SIGNER_ENV}={expected} in the istio-proxy container of {workload.id}",
+        "no istio-proxy container (not injected)" if seen is None else f"{CERT_SIGNER_ENV}={seen!r}",
+        f"Pod {workload.namespace}/{pod['metadata']['name']}, ProxyConfig in namespace {workload.namespace}, "
+        "istiod's injection log",
     )
