@@ -14,7 +14,8 @@ import pytest
 
 from fixtures import injection, installers, kube, render
 from fixtures.pki import cert_to_pem, make_intermediate_ca, make_self_signed_ca
-from fixtures.providers import existing
+from fixtures import mesh_installer
+from fixtures.providers import existing, sidecar_mesh
 from fixtures.providers.base import CsrRecord, ProviderSettings, ProviderUnavailable, ProvisioningError
 from fixtures.providers.kind import KindProvider
 from fixtures.topology import default_topology, from_document
@@ -50,11 +51,11 @@ def _fake_curl(directory: Path, status: str, body: str, exit_code: int) -> None:
 ])
 def test_probe_script_reports_status_body_and_curl_exit_code(tmp_path, status, body, exit_code):
     _fake_curl(tmp_path, status, body, exit_code)
-    command = existing.curl_command("http://httpbin.foo:8000/headers?probe=abc", str(tmp_path / "body"))
+    command = sidecar_mesh.curl_command("http://httpbin.foo:8000/headers?probe=abc", str(tmp_path / "body"))
     result = subprocess.run(command, capture_output=True, text=True, timeout=30,
                             env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
     assert result.returncode == exit_code
-    seen_status, seen_body = existing.split_probe_output(result.stdout)
+    seen_status, seen_body = sidecar_mesh.split_probe_output(result.stdout)
     assert seen_status == (int(status) or None)
     assert seen_body == body
     assert not (tmp_path / "body").exists()
@@ -62,11 +63,11 @@ def test_probe_script_reports_status_body_and_curl_exit_code(tmp_path, status, b
 
 def test_probe_url_targets_the_server_service_with_a_marker():
     server = default_topology().tenant("bar").workloads[0]
-    assert existing.probe_url(server, "m1") == "http://httpbin.bar:8000/headers?probe=m1"
+    assert sidecar_mesh.probe_url(server, "m1") == "http://httpbin.bar:8000/headers?probe=m1"
 
 
 def test_curl_command_passes_url_as_an_argument_not_in_the_script():
-    command = existing.curl_command("http://x/'$(reboot)'", "/tmp/b")
+    command = sidecar_mesh.curl_command("http://x/'$(reboot)'", "/tmp/b")
     assert command[:2] == ["sh", "-c"] and command[-1] == "http://x/'$(reboot)'" and "reboot" not in command[2]
     assert "--max-time 10" in command[2] and '-w "%{http_code}"' in command[2]
 
@@ -78,21 +79,21 @@ XFCC = f'By={FOO_HTTPBIN};Hash=abc123;Subject="";URI={FOO_CURL}'
 
 def test_identities_come_from_the_xfcc_httpbin_echoed():
     body = json.dumps({"headers": {"X-Forwarded-Client-Cert": [XFCC], "Host": ["httpbin.foo:8000"]}})
-    assert existing.identities_from_xfcc(existing.xfcc_from_headers_json(body)) == (FOO_CURL, FOO_HTTPBIN)
+    assert sidecar_mesh.identities_from_xfcc(sidecar_mesh.xfcc_from_headers_json(body)) == (FOO_CURL, FOO_HTTPBIN)
 
 
 def test_xfcc_header_lookup_is_case_insensitive_and_accepts_strings():
-    assert existing.xfcc_from_headers_json(json.dumps({"headers": {"x-forwarded-client-cert": XFCC}})) == XFCC
-    assert existing.xfcc_from_headers_json("not json") is None
-    assert existing.xfcc_from_headers_json(json.dumps({"headers": {}})) is None
+    assert sidecar_mesh.xfcc_from_headers_json(json.dumps({"headers": {"x-forwarded-client-cert": XFCC}})) == XFCC
+    assert sidecar_mesh.xfcc_from_headers_json("not json") is None
+    assert sidecar_mesh.xfcc_from_headers_json(json.dumps({"headers": {}})) is None
 
 
 def test_xfcc_quoted_values_may_hold_separators_and_the_last_element_is_the_nearest_hop():
     value = f'By=spiffe://a;URI=spiffe://old,By={FOO_HTTPBIN};Subject="CN=x,O=y;z";URI={FOO_CURL}'
-    elements = existing.parse_xfcc(value)
+    elements = sidecar_mesh.parse_xfcc(value)
     assert elements[1]["Subject"] == "CN=x,O=y;z"
-    assert existing.identities_from_xfcc(value) == (FOO_CURL, FOO_HTTPBIN)
-    assert existing.identities_from_xfcc(None) == (None, None)
+    assert sidecar_mesh.identities_from_xfcc(value) == (FOO_CURL, FOO_HTTPBIN)
+    assert sidecar_mesh.identities_from_xfcc(None) == (None, None)
 
 
 # --- proxy-config secret ----------------------------------------------------------------------------
@@ -118,7 +119,7 @@ def test_proxy_config_secret_yields_the_chain_and_the_trusted_root(snake):
     root = make_self_signed_ca("foo")
     intermediate = make_intermediate_ca(root, "foo-int")
     chain = intermediate.chain_pem
-    chain_pem, root_pem = existing.secrets_from_proxy_config(_secret_dump(chain, cert_to_pem(root.cert), snake=snake),
+    chain_pem, root_pem = sidecar_mesh.secrets_from_proxy_config(_secret_dump(chain, cert_to_pem(root.cert), snake=snake),
                                                              "src")
     assert chain_pem.decode() == chain and root_pem.decode() == cert_to_pem(root.cert)
 
@@ -127,7 +128,7 @@ def test_a_sidecar_without_rootca_is_reported():
     dump = _secret_dump("x", "y")
     dump["dynamicActiveSecrets"].pop()
     with pytest.raises(ProvisioningError, match="no ROOTCA secret"):
-        existing.secrets_from_proxy_config(dump, "istioctl proxy-config secret curl.foo")
+        sidecar_mesh.secrets_from_proxy_config(dump, "istioctl proxy-config secret curl.foo")
 
 
 # --- install helpers -------------------------------------------------------------------------------
@@ -140,12 +141,12 @@ def test_a_sidecar_without_rootca_is_reported():
     (["--config=/var/cert-manager/config/config.yaml"], None),
 ])
 def test_feature_gate_detection(args, expected):
-    assert existing.feature_gate_enabled(args, "ExperimentalCertificateSigningRequestControllers") is expected
+    assert mesh_installer.feature_gate_enabled(args, "ExperimentalCertificateSigningRequestControllers") is expected
 
 
 def test_run_id_annotates_only_deployment_pod_templates_without_touching_the_input():
     objects = render.workload_objects(default_topology())
-    stamped = existing.with_run_id(objects, "r1")
+    stamped = mesh_installer.with_run_id(objects, "r1")
     for before, after in zip(objects, stamped):
         if after["kind"] == "Deployment":
             assert after["spec"]["template"]["metadata"]["annotations"] == {"custom-ca-conformance/run-id": "r1"}
@@ -160,9 +161,9 @@ def _record(spiffe_id: str, issued: bool) -> CsrRecord:
 
 def test_tenants_missing_issued_csrs():
     topology = default_topology()
-    assert existing.tenants_missing_issued_csrs(topology, []) == ["foo", "bar"]
+    assert mesh_installer.tenants_missing_issued_csrs(topology, []) == ["foo", "bar"]
     records = [_record(FOO_CURL, True), _record("spiffe://cluster.local/ns/bar/sa/curl", False)]
-    assert existing.tenants_missing_issued_csrs(topology, records) == ["bar"]
+    assert mesh_installer.tenants_missing_issued_csrs(topology, records) == ["bar"]
 
 
 # --- provider requirements ---------------------------------------------------------------------------
@@ -257,7 +258,7 @@ def _new_kind_provider(tmp_path, monkeypatch, clusters: str = "", **overrides):
     monkeypatch.setattr(installers, "run", recorder.run)
     provider = KindProvider(_settings(tmp_path, **overrides))
     provider._kind = "kind"
-    provider._tools = existing.Tools(istioctl="istioctl", helm="helm")
+    provider._tools = mesh_installer.Tools(istioctl="istioctl", helm="helm")
     monkeypatch.setattr(provider, "_installer", lambda api_client: SimpleNamespace(install=lambda: None))
     return provider, recorder
 
@@ -345,7 +346,7 @@ def test_install_order_follows_the_task(tmp_path, monkeypatch):
     monkeypatch.setattr(injection, "wait_until_tenants_are_injected_with_their_signers",
                         lambda api, topo, objects: steps.append("injection applies ProxyConfigs"))
     state = {"kubeconfig": "kc", "context": "c", "workdir": str(tmp_path), "csr_log": str(tmp_path / "csr.jsonl")}
-    installer = existing.MeshInstaller(topology, state, None, existing.Tools("istioctl", "helm"),
+    installer = mesh_installer.MeshInstaller(topology, state, None, mesh_installer.Tools("istioctl", "helm"),
                                        preinstalled=False, cert_manager_version="v1.21.1")
     for method in ("_require_csr_gate", "_require_istiod_env", "_refuse_foreign_install"):
         monkeypatch.setattr(installer, method, lambda *a, **k: None)
@@ -384,7 +385,7 @@ def test_preinstalled_installs_nothing_cluster_wide_but_still_verifies(tmp_path,
         start=lambda: SimpleNamespace(wait_until=lambda p, timeout: True, stop=lambda: None, records=list)))
     monkeypatch.setattr(injection, "wait_until_tenants_are_injected_with_their_signers", lambda *a: None)
     state = {"kubeconfig": "kc", "context": "c", "workdir": str(tmp_path), "csr_log": str(tmp_path / "csr.jsonl")}
-    installer = existing.MeshInstaller(topology, state, None, existing.Tools("istioctl"), preinstalled=True,
+    installer = mesh_installer.MeshInstaller(topology, state, None, mesh_installer.Tools("istioctl"), preinstalled=True,
                                        cert_manager_version="v1.21.1")
     verified = []
     monkeypatch.setattr(installer, "_require_csr_gate", lambda: verified.append("gate"))
@@ -408,7 +409,7 @@ def test_uninstall_removes_only_what_was_created_newest_first(tmp_path, monkeypa
     state = {"kubeconfig": "kc", "context": "c", "workdir": str(tmp_path), "created": {
         "namespaces": ["foo"], "istio": True, "signer_objects": True, "cert_manager": True,
         "system_namespaces": ["istio-system"]}}
-    problems = existing.uninstall(topology, state, None, existing.Tools("istioctl", "helm"))
+    problems = mesh_installer.uninstall(topology, state, None, mesh_installer.Tools("istioctl", "helm"))
     assert problems == []
     assert events == [
         # bar existed before the run: only our objects in it go; foo is ours: the namespace goes.
