@@ -9,7 +9,6 @@ so a regression that starts provisioning fails as a usage error instead of creat
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import textwrap
