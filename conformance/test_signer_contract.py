@@ -13,7 +13,7 @@ import datetime as dt
 import pytest
 
 from fixtures import pki
-from fixtures.csr_contract import CONTRACT_EXPIRATION_SECONDS, ISTIO_USAGES, CsrDriver
+from fixtures.csr_contract import CONTRACT_EXPIRATION_SECONDS, ISTIO_USAGES, KEY_KINDS, CsrDriver
 from fixtures.messages import mismatch
 from fixtures.signer_profile import Feature
 
@@ -34,9 +34,6 @@ def driver(signer_cluster, request):
 def _require(profile, feature: Feature) -> None:
     if not profile.supports(feature):
         pytest.skip(f"{profile.name} declares {feature.value} unsupported ({profile.source})")
-
-
-KEY_KINDS = ("ecdsa", "rsa", "ed25519")  # ecdsa first: pilot-agent's default key
 
 
 def _issued(issued_certificates, signer, profile, key_kind=None):
@@ -72,7 +69,7 @@ def _parsed_chain(case):
         pytest.skip(f"status.certificate does not parse ({exc}): see test_issued_certificate_is_wellformed_pem")
 
 
-@pytest.mark.parametrize("key_kind", ["rsa", "ecdsa", "ed25519"])
+@pytest.mark.parametrize("key_kind", list(KEY_KINDS))
 def test_approved_istio_csr_is_issued(signer, key_kind, signer_profile, issued_certificates):
     _require(signer_profile, Feature(key_kind))
     case = issued_certificates(signer, key_kind)
@@ -100,7 +97,7 @@ def test_issued_certificate_is_wellformed_pem(signer, signer_profile, issued_cer
     )
 
 
-@pytest.mark.parametrize("key_kind", ["rsa", "ecdsa", "ed25519"])
+@pytest.mark.parametrize("key_kind", list(KEY_KINDS))
 def test_issued_certificate_carries_the_request_public_key(signer, key_kind, signer_profile, issued_certificates):
     _require(signer_profile, Feature(key_kind))
     case = _issued(issued_certificates, signer, signer_profile, key_kind)
