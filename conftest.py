@@ -1,2 +1,8 @@
-# The suite's pytest plugin lives in fixtures/; loading it here keeps it scoped to this checkout.
-pytest_plugins = ("fixtures.plugin",)
+"""Checkout-only guard: the plugin loads through its pytest11 entry point once the package is installed."""
+
+import importlib.util
+
+import pytest
+
+if importlib.util.find_spec("custom_ca_conformance") is None:
+    raise pytest.UsageError("custom_ca_conformance is not installed: run `pip install -e .` in this checkout first")

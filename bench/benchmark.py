@@ -3,7 +3,7 @@
 
 Figures (each measured here unless the note says otherwise):
 
-* toolchain build, warm: ``python -m fixtures.toolchain build`` with the existing cache;
+* toolchain build, warm: ``python -m custom_ca_conformance.toolchain build`` with the existing cache;
 * toolchain build, cold: the same with fresh ``CUSTOM_CA_CONFORMANCE_CACHE`` and
   ``GOCACHE`` (``--cold``; about 10 minutes on 2 cores). Module downloads stay cached
   (``GOMODCACHE`` is kept): they are network time, not build time. Without ``--cold`` the
@@ -42,10 +42,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fixtures import toolchain as toolchain_module  # noqa: E402
-from fixtures.localplane.controlplane import start_control_plane  # noqa: E402
-from fixtures.localplane.processes import stop_from_pid_file  # noqa: E402
-from fixtures.topology import default_topology, generated_topology  # noqa: E402
+from custom_ca_conformance import toolchain as toolchain_module  # noqa: E402
+from custom_ca_conformance.localplane.controlplane import start_control_plane  # noqa: E402
+from custom_ca_conformance.localplane.processes import stop_from_pid_file  # noqa: E402
+from custom_ca_conformance.topology import default_topology, generated_topology  # noqa: E402
 
 CONTROL_PLANE_RUNS = 3
 SCALE_TENANTS = 10
@@ -133,10 +133,10 @@ def toolchain_warm() -> Figure:
     if toolchain_module.cached_toolchain() is None:
         raise BenchmarkError(
             f"the toolchain is not built in {toolchain_module.toolchain_dir()}: "
-            "run `python -m fixtures.toolchain build` first (the other figures need it)")
+            "run `python -m custom_ca_conformance.toolchain build` first (the other figures need it)")
     scratch = temp_dir("warm")
     try:
-        seconds, code = run_timed([sys.executable, "-m", "fixtures.toolchain", "build"], output=scratch / "out")
+        seconds, code = run_timed([sys.executable, "-m", "custom_ca_conformance.toolchain", "build"], output=scratch / "out")
         if code != 0:
             raise BenchmarkError(f"warm toolchain build exited {code}:\n{tail(scratch / 'out')}")
     finally:
@@ -149,7 +149,7 @@ def toolchain_cold() -> Figure:
     try:
         env = dict(os.environ, **{toolchain_module.CACHE_ENV: str(scratch / "cache"),
                                   "GOCACHE": str(scratch / "gocache")})
-        seconds, code = run_timed([sys.executable, "-m", "fixtures.toolchain", "build"], env=env,
+        seconds, code = run_timed([sys.executable, "-m", "custom_ca_conformance.toolchain", "build"], env=env,
                                   output=scratch / "out")
         if code != 0:
             raise BenchmarkError(f"cold toolchain build exited {code}:\n{tail(scratch / 'out')}")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from fixtures.messages import mismatch
-from fixtures.pki import chain_verifies_to, describe_cert, expected_spiffe_id, fingerprint, spiffe_ids
+from custom_ca_conformance.messages import mismatch
+from custom_ca_conformance.pki import chain_verifies_to, describe_cert, expected_spiffe_id, fingerprint, spiffe_ids
 
 pytestmark = pytest.mark.certificates
 

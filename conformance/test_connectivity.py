@@ -2,10 +2,10 @@
 
 import pytest
 
-from fixtures.messages import mismatch
-from fixtures.outcomes import Outcome, describe
-from fixtures.pki import expected_spiffe_id
-from fixtures.providers.base import Capability
+from custom_ca_conformance.messages import mismatch
+from custom_ca_conformance.outcomes import Outcome, describe
+from custom_ca_conformance.pki import expected_spiffe_id
+from custom_ca_conformance.providers.base import Capability
 
 pytestmark = pytest.mark.connectivity
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from fixtures.injection import CERT_SIGNER_ENV, injected_signer
-from fixtures.messages import mismatch
+from custom_ca_conformance.injection import CERT_SIGNER_ENV, injected_signer
+from custom_ca_conformance.messages import mismatch
 
 pytestmark = pytest.mark.csr
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fixtures.messages import mismatch
+from custom_ca_conformance.messages import mismatch
 
 pytestmark = pytest.mark.rbac
 

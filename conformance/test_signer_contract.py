@@ -12,10 +12,10 @@ import datetime as dt
 
 import pytest
 
-from fixtures import pki
-from fixtures.csr_contract import CONTRACT_EXPIRATION_SECONDS, ISTIO_USAGES, KEY_KINDS, CsrDriver
-from fixtures.messages import mismatch
-from fixtures.signer_profile import Feature
+from custom_ca_conformance import pki
+from custom_ca_conformance.csr_contract import CONTRACT_EXPIRATION_SECONDS, ISTIO_USAGES, KEY_KINDS, CsrDriver
+from custom_ca_conformance.messages import mismatch
+from custom_ca_conformance.signer_profile import Feature
 
 pytestmark = pytest.mark.signer
 

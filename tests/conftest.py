@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures import toolchain
+from custom_ca_conformance import toolchain
 
 
 def control_plane_binaries():
@@ -25,14 +25,14 @@ def control_plane_binaries():
 def control_plane_toolchain():
     binaries = control_plane_binaries()
     if binaries is None:
-        pytest.skip("kube-apiserver/etcd are not built: run `python -m fixtures.toolchain build`")
+        pytest.skip("kube-apiserver/etcd are not built: run `python -m custom_ca_conformance.toolchain build`")
     return binaries
 
 
 @pytest.fixture(scope="session")
 def control_plane(control_plane_toolchain, tmp_path_factory):
     """One etcd + kube-apiserver shared by every self-test of a pytest process."""
-    from fixtures.localplane.controlplane import start_control_plane
+    from custom_ca_conformance.localplane.controlplane import start_control_plane
 
     plane = start_control_plane(control_plane_toolchain, tmp_path_factory.mktemp("controlplane"),
                                 progress=lambda line: None)

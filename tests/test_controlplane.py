@@ -1,4 +1,4 @@
-"""Self-tests for fixtures.localplane: process handling (no binaries) and the real control plane."""
+"""Self-tests for custom_ca_conformance.localplane: process handling (no binaries) and the real control plane."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from fixtures import toolchain
-from fixtures.localplane.controlplane import ControlPlaneError, attach_control_plane, start_control_plane
-from fixtures.localplane.processes import (
+from custom_ca_conformance import toolchain
+from custom_ca_conformance.localplane.controlplane import ControlPlaneError, attach_control_plane, start_control_plane
+from custom_ca_conformance.localplane.processes import (
     ProcessExitedError,
     ProcessGroup,
     free_port,
@@ -94,7 +94,7 @@ def test_another_process_stops_the_group_through_the_pid_file(tmp_path):
 
     subprocess.run(
         [sys.executable, "-c",
-         f"from fixtures.localplane.processes import stop_from_pid_file; stop_from_pid_file({str(pid_file)!r})"],
+         f"from custom_ca_conformance.localplane.processes import stop_from_pid_file; stop_from_pid_file({str(pid_file)!r})"],
         cwd=REPO_ROOT, check=True, timeout=30,
     )
 

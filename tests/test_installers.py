@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from fixtures import installers, tools
-from fixtures.providers.base import ProviderUnavailable, ProvisioningError
+from custom_ca_conformance import installers, tools
+from custom_ca_conformance.errors import ProviderUnavailable, ProvisioningError
 
 DIGEST = "3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5"
 

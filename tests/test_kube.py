@@ -1,4 +1,4 @@
-"""The pure parts of fixtures.kube and the CSR recorder's watch loop, against a fake API."""
+"""The pure parts of custom_ca_conformance.kube and the CSR recorder's watch loop, against a fake API."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from fixtures import kube
-from fixtures.pki import istio_style_csr, new_private_key
-from fixtures.providers.base import CsrRecord, ProvisioningError
+from custom_ca_conformance import kube
+from custom_ca_conformance.pki import istio_style_csr, new_private_key
+from custom_ca_conformance.errors import ProvisioningError
+from custom_ca_conformance.evidence import CsrRecord
 
 FOO_CURL = "spiffe://cluster.local/ns/foo/sa/curl"
 

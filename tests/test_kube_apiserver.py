@@ -1,7 +1,7 @@
-"""fixtures.kube and the rendered objects against a real kube-apiserver (the pinned local toolchain).
+"""custom_ca_conformance.kube and the rendered objects against a real kube-apiserver (the pinned local toolchain).
 
 No kubelet or controllers run: objects are stored and validated, nothing is scheduled.
-Skipped when kube-apiserver/etcd are not built (``python -m fixtures.toolchain build``).
+Skipped when kube-apiserver/etcd are not built (``python -m custom_ca_conformance.toolchain build``).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import uuid
 import pytest
 import yaml
 
-from fixtures import kube, render, schemas
-from fixtures.pki import cert_to_pem, istio_style_csr, issue_leaf, make_self_signed_ca, new_private_key
-from fixtures.providers.base import ProvisioningError
-from fixtures.topology import from_document
+from custom_ca_conformance import kube, render, schemas
+from custom_ca_conformance.pki import cert_to_pem, istio_style_csr, issue_leaf, make_self_signed_ca, new_private_key
+from custom_ca_conformance.errors import ProvisioningError
+from custom_ca_conformance.topology import from_document
 
 FOO_CURL = "spiffe://cluster.local/ns/{ns}/sa/curl"
 

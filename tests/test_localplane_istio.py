@@ -3,12 +3,12 @@
 import pytest
 import yaml
 
-from fixtures import pki, render
-from fixtures.injection import injected_signer, pod_from_deployment, sidecar_container
-from fixtures.localplane import istio
-from fixtures.providers.base import ProvisioningError
-from fixtures.toolchain import cached_toolchain
-from fixtures.topology import default_topology
+from custom_ca_conformance import pki, render
+from custom_ca_conformance.injection import injected_signer, pod_from_deployment, sidecar_container
+from custom_ca_conformance.localplane import istio
+from custom_ca_conformance.errors import ProvisioningError
+from custom_ca_conformance.toolchain import cached_toolchain
+from custom_ca_conformance.topology import default_topology
 
 POD = {
     "metadata": {"name": "curl-local", "namespace": "foo", "uid": "u-1",
@@ -111,7 +111,7 @@ def test_pod_from_deployment_copies_the_template():
 def generated(tmp_path_factory):
     toolchain = cached_toolchain()
     if toolchain is None:
-        pytest.skip("the toolchain is not built: python -m fixtures.toolchain build")
+        pytest.skip("the toolchain is not built: python -m custom_ca_conformance.toolchain build")
     topology = default_topology()
     roots = {s: pki.make_self_signed_ca(s).cert_pem for s in topology.signers}
     path = render.write_document(render.istio_operator(topology, roots), tmp_path_factory.mktemp("iop") / "iop.yaml")

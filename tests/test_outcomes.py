@@ -1,4 +1,4 @@
-"""fixtures.outcomes on real Envoy error strings and real loopback TLS handshakes."""
+"""custom_ca_conformance.outcomes on real Envoy error strings and real loopback TLS handshakes."""
 
 import datetime as dt
 import socket
@@ -9,8 +9,8 @@ import time
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from fixtures import pki
-from fixtures.outcomes import (
+from custom_ca_conformance import pki
+from custom_ca_conformance.outcomes import (
     ISTIO_ACCESS_LOG_LINE,
     Classification,
     Outcome,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.session import STATE_ENV
+from custom_ca_conformance.session import STATE_ENV
 
 pytest_plugins = ("pytester",)
 
@@ -124,9 +124,6 @@ def write_topology(directory: Path) -> Path:
           - {namespace: gamma, signer: alone}
         """))
     return path
-
-
-PLUGIN_CONFTEST = 'pytest_plugins = ("fixtures.plugin",)\n'
 
 
 # --- 1. default collection ------------------------------------------------------------------------
@@ -267,10 +264,9 @@ def test_running_without_kind_is_one_usage_error_line(run, workdirs):
 
 @pytest.fixture
 def skipping_tests(pytester: pytest.Pytester) -> None:
-    pytester.makeconftest(PLUGIN_CONFTEST)
     pytester.makepyfile(test_skips="""
         import pytest
-        from fixtures.providers.base import Capability
+        from custom_ca_conformance.providers.base import Capability
 
         def test_plain_skip():
             pytest.skip("some other reason")
@@ -362,11 +358,10 @@ def test_markers_are_registered(run):
 
 
 def test_markers_pass_strict_markers_and_unknown_ones_do_not(run, pytester):
-    pytester.makeconftest(PLUGIN_CONFTEST)
     decorators = "\n".join(f"@pytest.mark.{name}" for name in MARKER_NAMES if name != "requires")
     pytester.makepyfile(test_marked=f"""
 import pytest
-from fixtures.providers.base import Capability
+from custom_ca_conformance.providers.base import Capability
 
 {decorators}
 @pytest.mark.requires(Capability.KUBELET)

@@ -10,10 +10,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from kubernetes import client
 
-from fixtures import pki
-from fixtures.csr_contract import ISTIO_USAGES, CsrDriver
-from fixtures.signer import Breakage, SignerCA, ca_secret_name, signer_rbac_objects, start_reference_signer
-from fixtures.signer.reference import (
+from custom_ca_conformance import pki
+from custom_ca_conformance.csr_contract import ISTIO_USAGES, CsrDriver
+from custom_ca_conformance.signer import Breakage, SignerCA, ca_secret_name, signer_rbac_objects, start_reference_signer
+from custom_ca_conformance.signer.reference import (
     DEFAULT_EXPIRATION_SECONDS,
     Action,
     decide,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from fixtures import render
-from fixtures.pki import make_self_signed_ca
-from fixtures.providers.base import ProvisioningError
-from fixtures.topology import Role, Topology, default_topology, from_document, generated_topology
+from custom_ca_conformance import render
+from custom_ca_conformance.pki import make_self_signed_ca
+from custom_ca_conformance.errors import ProvisioningError
+from custom_ca_conformance.topology import Role, Topology, default_topology, from_document, generated_topology
 
 
 @pytest.fixture(scope="module")
@@ -278,14 +278,14 @@ def test_write_manifests_round_trips_through_yaml(tmp_path, topology, roots):
 
 @pytest.fixture(scope="module")
 def istioctl() -> str:
-    from fixtures import toolchain
+    from custom_ca_conformance import toolchain
 
     try:
         built = toolchain.cached_toolchain()
     except toolchain.ToolchainError as exc:
         pytest.skip(f"toolchain unavailable: {exc}")
     if built is None:
-        pytest.skip("istioctl is not built: run `python -m fixtures.toolchain build`")
+        pytest.skip("istioctl is not built: run `python -m custom_ca_conformance.toolchain build`")
     return str(built.istioctl)
 
 

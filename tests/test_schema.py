@@ -7,9 +7,9 @@ import textwrap
 
 import pytest
 
-from fixtures import render, schemas
-from fixtures.pki import make_self_signed_ca
-from fixtures.topology import default_topology, generated_topology
+from custom_ca_conformance import render, schemas
+from custom_ca_conformance.pki import make_self_signed_ca
+from custom_ca_conformance.topology import default_topology, generated_topology
 
 TOPOLOGIES = {"default": default_topology(), "generated-3": generated_topology(3)}
 

@@ -12,13 +12,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from fixtures import injection, installers, kube, render
-from fixtures.pki import cert_to_pem, make_intermediate_ca, make_self_signed_ca
-from fixtures import mesh_installer
-from fixtures.providers import existing, sidecar_mesh
-from fixtures.providers.base import CsrRecord, ProviderSettings, ProviderUnavailable, ProvisioningError
-from fixtures.providers.kind import KindProvider
-from fixtures.topology import default_topology, from_document
+from custom_ca_conformance import injection, installers, kube, render
+from custom_ca_conformance.pki import cert_to_pem, make_intermediate_ca, make_self_signed_ca
+from custom_ca_conformance import mesh_installer
+from custom_ca_conformance.providers import existing, sidecar_mesh
+from custom_ca_conformance.providers.base import ProviderSettings
+from custom_ca_conformance.errors import ProviderUnavailable, ProvisioningError
+from custom_ca_conformance.evidence import CsrRecord
+from custom_ca_conformance.providers.kind import KindProvider
+from custom_ca_conformance.topology import default_topology, from_document
 
 FOO_CURL = "spiffe://cluster.local/ns/foo/sa/curl"
 FOO_HTTPBIN = "spiffe://cluster.local/ns/foo/sa/httpbin"

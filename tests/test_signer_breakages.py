@@ -9,7 +9,7 @@ test), no fewer (caught by the right one).
 
 The runs are independent (each variant has its own signerNames, ServiceAccount and CA), so
 they run a few at a time; ``sign-foreign`` signs every signerName and runs alone, after the
-others. Skipped when kube-apiserver/etcd are not built (``python -m fixtures.toolchain build``).
+others. Skipped when kube-apiserver/etcd are not built (``python -m custom_ca_conformance.toolchain build``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fixtures.localplane.processes import ProcessGroup
-from fixtures.signer import Breakage, start_reference_signer
+from custom_ca_conformance.localplane.processes import ProcessGroup
+from custom_ca_conformance.signer import Breakage, start_reference_signer
 
 pytestmark = pytest.mark.xdist_group("signer-breakages")
 

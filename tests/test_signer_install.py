@@ -3,11 +3,12 @@
 import pytest
 from kubernetes import client
 
-from fixtures import signer_install
-from fixtures.providers.base import ProviderSettings, ProviderUnavailable, ProvisioningError
-from fixtures.providers.existing import ExistingProvider
-from fixtures.providers.local import LocalProvider
-from fixtures.topology import default_topology
+from custom_ca_conformance import signer_install
+from custom_ca_conformance.providers.base import ProviderSettings
+from custom_ca_conformance.errors import ProviderUnavailable, ProvisioningError
+from custom_ca_conformance.providers.existing import ExistingProvider
+from custom_ca_conformance.providers.local import LocalProvider
+from custom_ca_conformance.topology import default_topology
 
 HELM = {"release": "acme-signer", "chart": "oci://registry.acme.example/charts/csr-signer", "version": "2.3.0",
         "namespace": "acme-ca", "values": {"approval": {"enforce": True}}}

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.signer_profile import Feature, SignerProfileError, builtin_profile, load_signer_profile
-from fixtures.topology import default_topology
+from custom_ca_conformance.signer_profile import Feature, SignerProfileError, builtin_profile, load_signer_profile
+from custom_ca_conformance.topology import default_topology
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fixtures.topology import (
+from custom_ca_conformance.topology import (
     Role,
     TopologyError,
     default_topology,

@@ -1,0 +1,1 @@
+"""Templates the suite renders into cluster objects (package data of custom_ca_conformance)."""
