@@ -72,10 +72,11 @@ def test_kubernetes_wrapper_repeats_go_and_godebug_and_requires_the_release(kube
     assert requires == [("k8s.io/kubernetes", "v1.36.3")]
 
 
-def test_kubernetes_wrapper_keeps_apiserver_and_etcd_in_the_graph(kubernetes_wrapper):
+def test_kubernetes_wrapper_keeps_every_node_component_in_the_graph(kubernetes_wrapper):
     tools = {tool["Path"] for tool in toolchain.read_gomod(kubernetes_wrapper)["Tool"]}
 
-    assert tools == {"k8s.io/kubernetes/cmd/kube-apiserver", "go.etcd.io/etcd/server/v3"}
+    commands = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl")
+    assert tools == {"go.etcd.io/etcd/server/v3", *(f"k8s.io/kubernetes/cmd/{name}" for name in commands)}
 
 
 # --- replace handling, against synthetic go.mod text --------------------------------------
