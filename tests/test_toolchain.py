@@ -231,6 +231,12 @@ def _install_fake_binaries(root: Path, names) -> None:
         binary = root / "bin" / name
         binary.write_text("#!/bin/sh\n")
         binary.chmod(0o755)
+        if name in toolchain.OWN_SOURCES:
+            _stamp_source(root, name, toolchain.own_source_hash(name))
+
+
+def _stamp_source(root: Path, name: str, digest: str) -> None:
+    (root / "bin" / f".{name}{toolchain.SOURCE_HASH_SUFFIX}").write_text(digest + "\n")
 
 
 def test_cached_toolchain_returns_paths_when_complete(fake_cache):
@@ -258,6 +264,29 @@ def test_cached_toolchain_is_none_when_a_binary_is_missing(fake_cache):
     (fake_cache / toolchain.STAMP_NAME).write_text("{}")
 
     assert toolchain.cached_toolchain(PINS) is None
+
+
+def test_cached_toolchain_is_none_when_our_own_main_changed(fake_cache):
+    _install_fake_binaries(fake_cache, toolchain.BINARIES)
+    _stamp_source(fake_cache, "pause", "a hash of older sources")
+    (fake_cache / toolchain.STAMP_NAME).write_text("{}")
+
+    assert toolchain.cached_toolchain(PINS) is None
+
+
+def test_own_source_hash_covers_the_go_files():
+    assert len(toolchain.own_source_hash("pause")) == 64
+    assert (toolchain.own_source_dir("pause") / "main.go").is_file()
+
+
+def test_module_wrapper_builds_the_cni_plugins_at_their_pin():
+    build = next(b for b in toolchain.MODULE_BUILDS if b.name == "cni-plugins")
+    gomod = toolchain.module_wrapper_gomod(build, "module github.com/containernetworking/plugins\n\ngo 1.26.8\n", "v1.10.0")
+    parsed = toolchain.read_gomod(gomod)
+
+    assert {r["Path"]: r["Version"] for r in parsed["Require"]} == {build.module: "v1.10.0"}
+    assert {tool["Path"].rsplit("/", 1)[1] for tool in parsed["Tool"]} == {
+        "bridge", "host-local", "loopback", "portmap", "firewall"}
 
 
 def test_cached_toolchain_is_none_for_other_pins(fake_cache):
