@@ -5,7 +5,7 @@ import pytest
 from custom_ca_conformance.messages import mismatch
 from custom_ca_conformance.outcomes import Outcome, describe
 from custom_ca_conformance.pki import expected_spiffe_id
-from custom_ca_conformance.providers.base import Capability
+from custom_ca_conformance.vocabulary import Capability
 
 pytestmark = pytest.mark.connectivity
 

@@ -15,7 +15,7 @@ import pytest
 from custom_ca_conformance import pki
 from custom_ca_conformance.csr_contract import CONTRACT_EXPIRATION_SECONDS, ISTIO_USAGES, KEY_KINDS, CsrDriver
 from custom_ca_conformance.messages import mismatch
-from custom_ca_conformance.signer_profile import Feature
+from custom_ca_conformance.vocabulary import Feature, declared_gap
 
 pytestmark = pytest.mark.signer
 
@@ -31,9 +31,8 @@ def driver(signer_cluster, request):
     d.cleanup()
 
 
-def _require(profile, feature: Feature) -> None:
-    if not profile.supports(feature):
-        pytest.skip(f"{profile.name} declares {feature.value} unsupported ({profile.source})")
+# Each key kind is a signer feature a profile may declare unsupported.
+KEY_KIND_PARAMS = [pytest.param(kind, marks=pytest.mark.requires(Feature(kind))) for kind in KEY_KINDS]
 
 
 def _issued(issued_certificates, signer, profile, key_kind=None):
@@ -41,7 +40,7 @@ def _issued(issued_certificates, signer, profile, key_kind=None):
     if key_kind is None:
         supported = [kind for kind in KEY_KINDS if profile.supports(Feature(kind))]
         if not supported:
-            pytest.skip(f"{profile.name} declares every key kind unsupported ({profile.source})")
+            pytest.skip(declared_gap(Feature(KEY_KINDS[0]), profile.name, f"every key kind, {profile.source}"))
         key_kind = supported[0]
     case = issued_certificates(signer, key_kind)
     if case.outcome.certificate_pem is None:
@@ -69,9 +68,8 @@ def _parsed_chain(case):
         pytest.skip(f"status.certificate does not parse ({exc}): see test_issued_certificate_is_wellformed_pem")
 
 
-@pytest.mark.parametrize("key_kind", list(KEY_KINDS))
+@pytest.mark.parametrize("key_kind", KEY_KIND_PARAMS)
 def test_approved_istio_csr_is_issued(signer, key_kind, signer_profile, issued_certificates):
-    _require(signer_profile, Feature(key_kind))
     case = issued_certificates(signer, key_kind)
     assert case.outcome.certificate_pem and not case.outcome.has_condition("Failed"), mismatch(
         f"status.certificate within {signer_profile.issue_timeout_seconds:.0f}s of approval, no Failed condition",
@@ -97,9 +95,8 @@ def test_issued_certificate_is_wellformed_pem(signer, signer_profile, issued_cer
     )
 
 
-@pytest.mark.parametrize("key_kind", list(KEY_KINDS))
+@pytest.mark.parametrize("key_kind", KEY_KIND_PARAMS)
 def test_issued_certificate_carries_the_request_public_key(signer, key_kind, signer_profile, issued_certificates):
-    _require(signer_profile, Feature(key_kind))
     case = _issued(issued_certificates, signer, signer_profile, key_kind)
     leaf = _parsed_chain(case)[0]
     assert pki.same_public_key(leaf, case.csr.key), mismatch(
@@ -127,8 +124,8 @@ def test_issued_certificate_has_the_requested_usages(signer, signer_profile, iss
         f"usages {sorted(ISTIO_USAGES)}", f"missing {sorted(missing)} in {pki.describe_cert(leaf)}", case.csr.name)
 
 
+@pytest.mark.requires(Feature.EXPIRATION_SECONDS)
 def test_expiration_seconds_is_honoured(signer, signer_profile, issued_certificates):
-    _require(signer_profile, Feature.EXPIRATION_SECONDS)
     case = _issued(issued_certificates, signer, signer_profile)
     leaf = _parsed_chain(case)[0]
     requested_until = case.created_at + dt.timedelta(seconds=CONTRACT_EXPIRATION_SECONDS)
@@ -184,8 +181,8 @@ def test_csr_for_a_foreign_signer_is_ignored(signer_profile, driver):
         driver.describe(csr))
 
 
+@pytest.mark.requires(Feature.FAILED_CONDITION)
 def test_permanent_error_sets_failed(signer, signer_profile, driver, issued_certificates):
-    _require(signer_profile, Feature.FAILED_CONDITION)
     if not _issues_at_all(signer, signer_profile, issued_certificates):
         pytest.skip(f"{signer.signer_name} issued no certificate at all, so it is not acting on approved CSRs: "
                     "see test_approved_istio_csr_is_issued for this signer")

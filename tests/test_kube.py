@@ -25,7 +25,7 @@ FOO_CURL = "spiffe://cluster.local/ns/foo/sa/curl"
 def fast_polling(monkeypatch):
     from tenacity import wait_fixed
 
-    monkeypatch.setattr(kube, "POLL_WAIT", wait_fixed(0.01))
+    monkeypatch.setattr(kube.waits, "POLL_WAIT", wait_fixed(0.01))
 
 
 def _request(spiffe_id: str = FOO_CURL) -> str:

@@ -64,7 +64,6 @@ def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, bare_path: P
     monkeypatch.setenv("PATH", str(bare_path))
     monkeypatch.setenv("TMPDIR", str(workdirs))
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
-    monkeypatch.setenv("PYTHONPATH", str(REPO))  # pytester prepends the working directory
     pytester_dir = pytester.path
 
     def run_pytest(*args: str, in_repo: bool = True) -> pytest.RunResult:
@@ -266,7 +265,7 @@ def test_running_without_kind_is_one_usage_error_line(run, workdirs):
 def skipping_tests(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_skips="""
         import pytest
-        from custom_ca_conformance.providers.base import Capability
+        from custom_ca_conformance.vocabulary import Capability
 
         def test_plain_skip():
             pytest.skip("some other reason")
@@ -300,8 +299,31 @@ def test_strict_skips_accepts_a_capability_skip(run, skipping_tests):
     result = run("--cluster", "local", "--strict-skips", "-rs", "-k", "needs_envoy", "test_skips.py", in_repo=False)
     assert result.ret == pytest.ExitCode.OK, output(result)
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*provider lacks capability envoy-data-plane*"])
+    result.stdout.fnmatch_lines(["*declared gap: local provider lacks capability envoy-data-plane*"])
     assert "--strict-skips:" not in output(result)
+
+
+def test_strict_skips_accepts_a_signer_feature_the_profile_declares_unsupported(run, pytester):
+    profile = REPO / "examples" / "reference-signer-profile.yaml"
+    text = profile.read_text().replace("unsupported: []", "unsupported: [ed25519]")
+    pytester.makefile(".yaml", no_ed25519=text)
+    pytester.makepyfile(test_features="""
+        import pytest
+        from custom_ca_conformance.vocabulary import Feature
+
+        @pytest.mark.requires(Feature.ED25519)
+        def test_needs_ed25519():
+            pass
+
+        @pytest.mark.requires(Feature.ECDSA)
+        def test_needs_ecdsa():
+            pass
+        """)
+    result = run("--cluster", "local", "--strict-skips", "-rs", "--signer-profile", "no_ed25519.yaml",
+                 "test_features.py", in_repo=False)
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*declared gap: reference-signer lacks signer feature ed25519 (*no_ed25519.yaml)*"])
 
 
 def test_capability_present_runs_the_test(run, skipping_tests):
@@ -361,7 +383,7 @@ def test_markers_pass_strict_markers_and_unknown_ones_do_not(run, pytester):
     decorators = "\n".join(f"@pytest.mark.{name}" for name in MARKER_NAMES if name != "requires")
     pytester.makepyfile(test_marked=f"""
 import pytest
-from custom_ca_conformance.providers.base import Capability
+from custom_ca_conformance.vocabulary import Capability
 
 {decorators}
 @pytest.mark.requires(Capability.KUBELET)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from custom_ca_conformance.signer_profile import Feature, SignerProfileError, builtin_profile, load_signer_profile
+from custom_ca_conformance.vocabulary import Feature
+from custom_ca_conformance.signer_profile import SignerProfileError, builtin_profile, load_signer_profile
 from custom_ca_conformance.topology import default_topology
 
 REPO = Path(__file__).resolve().parent.parent
