@@ -349,7 +349,8 @@ def test_install_order_follows_the_task(tmp_path, monkeypatch):
                         lambda api, topo, objects: steps.append("injection applies ProxyConfigs"))
     state = {"kubeconfig": "kc", "context": "c", "workdir": str(tmp_path), "csr_log": str(tmp_path / "csr.jsonl")}
     installer = mesh_installer.MeshInstaller(topology, state, None, mesh_installer.Tools("istioctl", "helm"),
-                                       preinstalled=False, cert_manager_version="v1.21.1")
+                                       preinstalled=False,
+                                       cert_manager=mesh_installer.CertManagerSource(chart_version="v1.21.1"))
     for method in ("_require_csr_gate", "_require_istiod_env", "_refuse_foreign_install"):
         monkeypatch.setattr(installer, method, lambda *a, **k: None)
     monkeypatch.setattr(installer, "_own_namespace", named("own namespace"))
@@ -388,7 +389,7 @@ def test_preinstalled_installs_nothing_cluster_wide_but_still_verifies(tmp_path,
     monkeypatch.setattr(injection, "wait_until_tenants_are_injected_with_their_signers", lambda *a: None)
     state = {"kubeconfig": "kc", "context": "c", "workdir": str(tmp_path), "csr_log": str(tmp_path / "csr.jsonl")}
     installer = mesh_installer.MeshInstaller(topology, state, None, mesh_installer.Tools("istioctl"), preinstalled=True,
-                                       cert_manager_version="v1.21.1")
+                                       cert_manager=mesh_installer.CertManagerSource(chart_version="v1.21.1"))
     verified = []
     monkeypatch.setattr(installer, "_require_csr_gate", lambda: verified.append("gate"))
     monkeypatch.setattr(installer, "_require_istiod_env", lambda: verified.append("istiod env"))
@@ -411,7 +412,8 @@ def test_uninstall_removes_only_what_was_created_newest_first(tmp_path, monkeypa
     state = {"kubeconfig": "kc", "context": "c", "workdir": str(tmp_path), "created": {
         "namespaces": ["foo"], "istio": True, "signer_objects": True, "cert_manager": True,
         "system_namespaces": ["istio-system"]}}
-    problems = mesh_installer.uninstall(topology, state, None, mesh_installer.Tools("istioctl", "helm"))
+    problems = mesh_installer.uninstall(topology, state, None, mesh_installer.Tools("istioctl", "helm"),
+                                       mesh_installer.CertManagerSource(chart_version="v1.21.1"))
     assert problems == []
     assert events == [
         # bar existed before the run: only our objects in it go; foo is ours: the namespace goes.
