@@ -61,3 +61,18 @@ def test_cross_signer_failure_names_certificate_verification_in_envoy_log(cross_
     assert "CERTIFICATE_VERIFY_FAILED" in result.classification.reason or "ALERT" in result.classification.reason, \
         mismatch("CERTIFICATE_VERIFY_FAILED (or a peer's certificate alert) in the client istio-proxy access log",
                  result.classification.reason, _where(result))
+
+
+# The page Istio's task prints with `curl http://httpbin.foo:8000/html` from foo's curl pod.
+TASK_PAGE_TITLE = "<h1>Herman Melville - Moby-Dick</h1>"
+
+
+def test_task_page_is_served_within_a_tenant(in_tenant_pair, mesh):
+    """The task's own check: curl in the tenant's client pod prints httpbin's Moby-Dick page."""
+    result, status, body, pod = mesh.fetch(in_tenant_pair, "/html")
+    assert status == 200 and TASK_PAGE_TITLE in body, mismatch(
+        f"HTTP 200 with {TASK_PAGE_TITLE}",
+        f"curl exit {result.exit_code}, HTTP {status}, body {body.strip()[:300]!r}, stderr {result.stderr.strip()[:300]!r}",
+        f"kubectl exec -n {in_tenant_pair.client.namespace} {pod} -c curl -- curl "
+        f"http://{in_tenant_pair.server.name}.{in_tenant_pair.server.namespace}:8000/html",
+    )

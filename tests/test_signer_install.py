@@ -39,7 +39,7 @@ def test_manifest_errors_name_the_file(tmp_path):
 def test_the_local_provider_refuses_a_signer_it_cannot_run(tmp_path):
     settings = ProviderSettings(topology=default_topology(), workdir=tmp_path, signer_only=True,
                                 signer_install={"manifests": ["signer.yaml"]}, signer_profile_dir=tmp_path)
-    with pytest.raises(ProviderUnavailable, match="cannot run a signer installed with helm or manifests"):
+    with pytest.raises(ProviderUnavailable, match="cannot pull a vendor signer's chart or images"):
         LocalProvider(settings).check_requirements()
 
 
