@@ -173,7 +173,7 @@ def test_kubernetes_ldflags_leave_git_commit_alone_when_unknown():
 def test_istio_ldflags_stamp_version_but_not_hub():
     flags = " ".join(toolchain.istio_ldflags(PINS))
 
-    assert "istio.io/istio/pkg/version.buildVersion=1.31-dev+eed52ebb66ad" in flags
+    assert "istio.io/istio/pkg/version.buildVersion=1.31-dev-eed52ebb66ad" in flags
     assert "istio.io/istio/pkg/version.buildGitRevision=eed52ebb66ad" in flags
     assert "istio.io/istio/pkg/version.buildStatus=Clean" in flags
     assert "buildHub" not in flags
