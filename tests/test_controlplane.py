@@ -215,3 +215,43 @@ def test_start_is_fast_and_stop_leaves_no_process_and_frees_ports(control_plane_
     assert all(port_is_free(port) for port in ports), f"ports still bound after stop: {ports}"
     assert not (tmp_path / "pids.json").exists()
     assert attach_control_plane(tmp_path) is None
+
+
+# --- PKI and flags for a node (no binaries) ------------------------------------------------------
+
+
+def test_pki_keeps_both_ca_keys_and_issues_the_apiservers_kubelet_client_certificate(tmp_path):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from custom_ca_conformance import pki
+    from custom_ca_conformance.localplane.controlplane import write_pki
+
+    files = write_pki(tmp_path, extra_ips=["198.18.0.1"])
+    serving = x509.load_pem_x509_certificate(files.serving_cert.read_bytes())
+    kubelet_client = x509.load_pem_x509_certificate(files.kubelet_client_cert.read_bytes())
+    sans = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+
+    assert "198.18.0.1" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    assert "198.19.0.1" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    assert pki.same_public_key(files.serving_ca().key.public_key(), files.serving_ca().cert.public_key())
+    assert pki.same_public_key(files.client_ca().key.public_key(), files.client_ca().cert.public_key())
+    assert kubelet_client.issuer == files.client_ca().cert.subject
+    assert kubelet_client.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
+    assert files.ca_key.stat().st_mode & 0o077 == 0 and files.client_ca_key.stat().st_mode & 0o077 == 0
+
+
+def test_apiserver_bound_to_a_node_address_advertises_it_as_the_kubernetes_endpoint(tmp_path):
+    from custom_ca_conformance.localplane.controlplane import PkiFiles, apiserver_argv
+
+    files = PkiFiles.in_dir(tmp_path)
+    on_node = apiserver_argv(Path("kube-apiserver"), files, "http://127.0.0.1:1", "https://198.18.0.1:6443", tmp_path)
+    on_loopback = apiserver_argv(Path("kube-apiserver"), files, "http://127.0.0.1:1", "https://127.0.0.1:6443",
+                                 tmp_path)
+
+    assert {"--bind-address=198.18.0.1", "--advertise-address=198.18.0.1",
+            "--endpoint-reconciler-type=lease"} <= set(on_node)
+    assert {"--bind-address=127.0.0.1", "--endpoint-reconciler-type=none"} <= set(on_loopback)
+    assert "--service-cluster-ip-range=198.19.0.0/24" in on_node
+    assert f"--kubelet-client-certificate={files.kubelet_client_cert}" in on_node
+    assert "--authorization-mode=Node,RBAC" in on_node

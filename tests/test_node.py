@@ -1,0 +1,515 @@
+"""Self-tests for the local node (custom_ca_conformance.localplane.node and its config modules).
+
+The first part renders configuration and parses host state without a cluster. The second
+starts a real node (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+containerd + runc, kubelet, kube-proxy, CNI, CoreDNS), runs pods from a locally imported
+image, and checks exec, logs, DNS, a ClusterIP Service and that stopping leaves nothing.
+It needs root and the built toolchain, and is skipped (with the reason) otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from custom_ca_conformance.localplane import cni, containerd, coredns, host, kubelet, node, oci
+
+# One node per machine, and the tests below share one: keep them on one xdist worker, in order.
+pytestmark = pytest.mark.xdist_group("node")
+
+# --- pure: rendering -------------------------------------------------------------------------
+
+
+def test_containerd_config_has_the_settings_this_machine_needs(tmp_path):
+    paths = containerd.ContainerdPaths(tmp_path / "containerd")
+    text = containerd.config_toml(paths, sandbox_image="registry.k8s.io/pause:3.10",
+                                  cni_bin_dir=tmp_path / "bin", cni_conf_dir=tmp_path / "conf")
+
+    assert "restrict_oom_score_adj = true" in text
+    assert "SystemdCgroup = false" in text
+    assert 'snapshotter = "overlayfs"' in text
+    assert 'sandbox_image = "registry.k8s.io/pause:3.10"' in text
+    assert "netns_mounts_under_state_dir = true" in text
+    assert f'address = "{paths.socket}"' in text
+    assert f'Root = "{paths.runc_root}"' in text
+    assert '"io.containerd.internal.v1.opt"' in text  # would create /opt/containerd
+
+
+def test_containerd_config_is_valid_toml(tmp_path):
+    import tomllib
+
+    paths = containerd.ContainerdPaths(tmp_path)
+    parsed = tomllib.loads(containerd.config_toml(paths, sandbox_image="x/pause:1", cni_bin_dir=tmp_path,
+                                                  cni_conf_dir=tmp_path))
+    cri = parsed["plugins"]["io.containerd.grpc.v1.cri"]
+
+    assert parsed["version"] == 2 and parsed["root"] == str(paths.root) and parsed["state"] == str(paths.state)
+    assert cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is False
+    assert cri["cni"] == {"bin_dir": str(tmp_path), "conf_dir": str(tmp_path), "max_conf_num": 1}
+
+
+def test_kubelet_config_has_the_settings_this_machine_needs(tmp_path):
+    files = kubelet.KubeletFiles(tmp_path)
+    config = kubelet.kubelet_config(files, node_ip="198.18.0.1", client_ca=tmp_path / "ca.crt",
+                                    runtime_endpoint="unix:///x.sock", cluster_dns="198.19.0.10",
+                                    pod_cidr="198.18.0.0/24", healthz_port=1234)
+
+    assert config["failCgroupV1"] is False
+    assert config["cgroupDriver"] == "cgroupfs"
+    assert config["failSwapOn"] is False
+    assert config["oomScoreAdj"] == 0
+    assert config["resolvConf"] == str(files.resolv_conf)  # not the host's resolvers
+    assert config["authentication"]["anonymous"]["enabled"] is False
+    assert config["imageGCHighThresholdPercent"] == 100  # imported images cannot be pulled back
+    assert yaml.safe_load(kubelet.dump(config)) == config
+
+
+def test_kube_proxy_config_leaves_host_sysctls_alone():
+    config = kubelet.kube_proxy_config(kubeconfig=Path("/k"), node_name="n", cluster_cidr=cni.POD_CIDR,
+                                       routed_range=cni.ROUTED_RANGE, healthz_port=1, metrics_port=2)
+
+    assert config["mode"] == "iptables"
+    assert config["conntrack"]["maxPerCore"] == 0 and config["conntrack"]["min"] == 0
+    assert config["iptables"]["localhostNodePorts"] is False  # no route_localnet
+    assert config["oomScoreAdj"] == 0
+    assert config["nodePortAddresses"] == ["198.18.0.0/15"]
+
+
+def test_cni_chain_has_firewall_and_routes_only_the_benchmarking_range():
+    conflist = cni.conflist("/ipam")
+    types = [plugin["type"] for plugin in conflist["plugins"]]
+    ipam = conflist["plugins"][0]["ipam"]
+
+    assert types == ["bridge", "portmap", "firewall"]
+    assert ipam["type"] == "host-local" and ipam["dataDir"] == "/ipam"
+    assert ipam["routes"] == [{"dst": "198.18.0.0/15"}]  # no default route out of a pod
+    assert conflist["plugins"][0]["ipMasq"] is False
+
+
+def test_all_addresses_are_in_the_benchmarking_range():
+    import ipaddress
+
+    from custom_ca_conformance.localplane.controlplane import SERVICE_CLUSTER_IP_RANGE, SERVICE_IP
+
+    allowed = ipaddress.ip_network("198.18.0.0/15")
+    networks = [cni.POD_CIDR, SERVICE_CLUSTER_IP_RANGE, cni.ROUTED_RANGE]
+    addresses = [cni.GATEWAY, SERVICE_IP, node.DNS_SERVICE_IP]
+
+    assert all(ipaddress.ip_network(n).subnet_of(allowed) for n in networks)
+    assert all(ipaddress.ip_address(a) in allowed for a in addresses)
+    assert ipaddress.ip_address(node.DNS_SERVICE_IP) in ipaddress.ip_network(SERVICE_CLUSTER_IP_RANGE)
+
+
+def test_corefile_forwards_nothing():
+    corefile = coredns.corefile()
+
+    assert "kubernetes cluster.local in-addr.arpa ip6.arpa" in corefile
+    assert "forward" not in corefile and "/etc/resolv.conf" not in corefile
+
+
+def test_coredns_manifests_use_the_imported_image_and_fixed_cluster_ip():
+    objects = coredns.manifests("198.19.0.10")
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    service = next(o for o in objects if o["kind"] == "Service")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+
+    assert container["image"] == coredns.IMAGE and not coredns.IMAGE.endswith(":latest")
+    assert container["imagePullPolicy"] == "Never"
+    assert service["spec"]["clusterIP"] == "198.19.0.10"
+    assert {(p["port"], p["protocol"]) for p in service["spec"]["ports"]} >= {(53, "UDP"), (53, "TCP")}
+
+
+def test_oci_archive_names_the_full_reference(tmp_path):
+    binary = tmp_path / "tool"
+    binary.write_bytes(b"#!/bin/true\n")
+    archive = oci.write_archive(tmp_path / "image.tar", "docker.io/library/tool:1", {"/tool": binary},
+                                entrypoint=["/tool"])
+
+    with tarfile.open(archive) as tar:
+        index = json.load(tar.extractfile("index.json"))
+        manifest_digest = index["manifests"][0]["digest"].split(":")[1]
+        manifest = json.load(tar.extractfile(f"blobs/sha256/{manifest_digest}"))
+        config = json.load(tar.extractfile(f"blobs/sha256/{manifest['config']['digest'].split(':')[1]}"))
+        names = tar.getnames()
+
+    assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == "docker.io/library/tool:1"
+    assert config["config"]["Entrypoint"] == ["/tool"]
+    assert config["rootfs"]["diff_ids"] == [manifest["layers"][0]["digest"]]  # uncompressed layer
+    assert "oci-layout" in names
+
+
+# --- pure: host state ----------------------------------------------------------------------------
+
+
+def test_iptables_cleanup_removes_jumps_then_our_chains_only():
+    saved = "\n".join([
+        "*nat",
+        ":PREROUTING ACCEPT [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        ":KUBE-SERVICES - [0:0]",
+        ":CNI-HOSTPORT-DNAT - [0:0]",
+        ":DOCKER - [0:0]",
+        '-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+        "-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT",
+        "-A OUTPUT -j DOCKER",
+        "-A KUBE-SERVICES -j RETURN",
+        "COMMIT",
+    ])
+
+    commands = host.cleanup_commands(saved)
+
+    assert commands == [
+        ["-D", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"],
+        ["-D", "OUTPUT", "-m", "addrtype", "--dst-type", "LOCAL", "-j", "CNI-HOSTPORT-DNAT"],
+        ["-F", "KUBE-SERVICES"], ["-F", "CNI-HOSTPORT-DNAT"],
+        ["-X", "KUBE-SERVICES"], ["-X", "CNI-HOSTPORT-DNAT"],
+    ]
+
+
+def test_mounts_under_roots_deepest_first():
+    mountinfo = "\n".join([
+        "22 1 8:1 / / rw - ext4 /dev/vda rw",
+        "30 22 0:40 / /w/node/containerd/state/x/rootfs rw - overlay overlay rw",
+        "31 30 0:41 / /w/node/containerd/state/x/rootfs/dev/shm rw - tmpfs shm rw",
+        "32 22 0:42 / /w/nodes-other rw - tmpfs t rw",
+        "33 22 0:43 / /w/node/kubelet/root/pods/u/volumes/v rw - tmpfs t rw",
+    ])
+
+    points = host.mounts_under(["/w/node"], mountinfo)
+
+    assert points.index("/w/node/containerd/state/x/rootfs/dev/shm") < points.index("/w/node/containerd/state/x/rootfs")
+    assert set(points) == {"/w/node/containerd/state/x/rootfs/dev/shm", "/w/node/containerd/state/x/rootfs",
+                           "/w/node/kubelet/root/pods/u/volumes/v"}
+
+
+def test_missing_packages_are_those_without_their_command():
+    present = set(host.HOST_PACKAGES.values()) - {"runc", "conntrack"}
+
+    missing = host.missing_packages(lambda command: f"/usr/bin/{command}" if command in present else None)
+
+    assert missing == ["runc", "conntrack"]
+
+
+def test_dns_answer_parsing():
+    # Response to "a.b" A: header, question, one answer with a compression pointer to the question.
+    question = b"\x01a\x01b\x00" + b"\x00\x01\x00\x01"
+    answer = b"\xc0\x0c" + b"\x00\x01\x00\x01" + b"\x00\x00\x00\x1e" + b"\x00\x04" + bytes([198, 19, 0, 1])
+    response = b"\x43\x43\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + answer
+
+    assert node.parse_a_records(response) == ["198.19.0.1"]
+
+
+def test_missing_binaries_are_named(tmp_path, monkeypatch):
+    monkeypatch.delenv(node.NODE_BIN_ENV, raising=False)
+    toolchain = type("T", (), {"bin_dir": tmp_path})()
+
+    with pytest.raises(node.NodeError) as failure:
+        node.find_node_binaries(toolchain)
+
+    assert "kubelet" in str(failure.value) and "coredns" in str(failure.value) and "firewall" in str(failure.value)
+    assert str(tmp_path) in str(failure.value)
+
+
+# --- the real node ---------------------------------------------------------------------------------
+
+PROBE_IMAGE = "docker.io/library/ccc-probe:1"
+PROBE_SOURCE = r'''
+// probe: a tiny test workload. "serve ADDR" answers HTTP; "dns NAME" resolves with the
+// pod's resolv.conf; "get URL" fetches; "echo WORDS" prints.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+)
+
+func main() {
+	arg := ""
+	if len(os.Args) > 2 {
+		arg = os.Args[2]
+	}
+	switch os.Args[1] {
+	case "serve":
+		fmt.Println("serving on", arg)
+		http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+			host, _ := os.Hostname()
+			fmt.Fprintf(w, "hello from %s path %s\n", host, r.URL.Path)
+		})
+		if err := http.ListenAndServe(arg, nil); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	case "dns":
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		addrs, err := (&net.Resolver{PreferGo: true}).LookupHost(ctx, arg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Println(strings.Join(addrs, " "))
+	case "get":
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(arg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		fmt.Printf("%d %s", resp.StatusCode, body)
+	case "echo":
+		fmt.Println(strings.Join(os.Args[2:], " "))
+	default:
+		os.Exit(2)
+	}
+}
+'''
+
+
+def _node_toolchain(binaries):
+    try:
+        node.find_node_binaries(binaries)
+    except node.NodeError as exc:
+        pytest.skip(f"node binaries are not built: {exc}")
+    return binaries
+
+
+@pytest.fixture(scope="module")
+def probe_archive(tmp_path_factory):
+    if shutil.which("go") is None:
+        pytest.skip("go is needed to build the probe image")
+    source = tmp_path_factory.mktemp("probe-src")
+    (source / "main.go").write_text(PROBE_SOURCE)
+    (source / "go.mod").write_text("module probe\n\ngo 1.26\n")
+    env = dict(os.environ, CGO_ENABLED="0", GOWORK="off", GOFLAGS="-mod=mod")
+    subprocess.run(["go", "build", "-ldflags=-s -w", "-o", "probe", "."], cwd=source, env=env, check=True,
+                   capture_output=True, timeout=300)
+    return oci.write_archive(source / "probe.tar", PROBE_IMAGE, {"/probe": source / "probe"},
+                             entrypoint=["/probe"])
+
+
+@pytest.fixture(scope="module")
+def node_workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("node")
+
+
+@pytest.fixture(scope="module")
+def running_node(node_workdir, probe_archive, control_plane_toolchain):
+    if os.geteuid() != 0:
+        pytest.skip("the node needs root (network namespaces, iptables, mounts)")
+    toolchain = _node_toolchain(control_plane_toolchain)
+    started = node.start_node(toolchain, node_workdir, progress=lambda line: None, images=[probe_archive])
+    print(f"node timings: {started.timings}; RSS: {started.rss_bytes()}")
+    yield started
+    started.stop()
+
+
+def _pod(name: str, args: list[str], labels: dict | None = None) -> dict:
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "bar", "labels": labels or {}},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "main", "image": PROBE_IMAGE, "imagePullPolicy": "Never", "args": args}]},
+    }
+
+
+@pytest.fixture(scope="module")
+def workloads(running_node):
+    """httpbin.bar:8000 (a probe serving HTTP behind a ClusterIP Service) and a client pod, both Running."""
+    from kubernetes import client
+
+    from custom_ca_conformance import kube
+
+    objects = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bar"}},
+        _pod("httpbin", ["serve", ":8000"], {"app": "httpbin"}),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "httpbin", "namespace": "bar"},
+         "spec": {"selector": {"app": "httpbin"}, "ports": [{"port": 8000, "targetPort": 8000}]}},
+        _pod("client", ["serve", ":9000"]),
+    ]
+    with running_node.api_client() as api:
+        # The ServiceAccount controller makes bar/default; pods are admitted only after it.
+        kube.apply(api, objects[:1])
+        kube.wait_for(lambda: any(sa.metadata.name == "default" for sa in client.CoreV1Api(api)
+                                  .list_namespaced_service_account("bar").items),
+                      timeout=30, expected="ServiceAccount bar/default",
+                      diagnose=lambda: ("no default ServiceAccount", str(running_node.processes.log_path(
+                          "kube-controller-manager"))))
+        started = time.monotonic()
+        kube.apply(api, objects[1:])
+        for name in ("httpbin", "client"):
+            kube.wait_for(lambda name=name: client.CoreV1Api(api).read_namespaced_pod(name, "bar").status.phase
+                          == "Running",
+                          timeout=60, expected=f"pod bar/{name} Running",
+                          diagnose=lambda: (node._pods_summary(running_node, "bar"),
+                                            str(running_node.processes.log_path("kubelet"))))
+    print(f"pods applied -> Running in {time.monotonic() - started:.2f}s")
+    running_node.wait_service_reachable("bar", "httpbin", 8000)
+    print(f"pods applied -> Service httpbin.bar:8000 reachable in {time.monotonic() - started:.2f}s")
+    return running_node
+
+
+def _exec(node_, pod: str, command: list[str]):
+    from custom_ca_conformance import kube
+
+    with node_.api_client() as api:  # a client of its own: stream() swaps its call_api
+        return kube.exec_in_pod(api, "bar", pod, "main", command, timeout=20)
+
+
+def test_node_is_ready_and_runs_from_the_pinned_kubelet(running_node):
+    from kubernetes import client
+
+    from custom_ca_conformance import toolchain
+
+    assert PROBE_IMAGE in running_node.images()
+    with running_node.api_client() as api:
+        found = client.CoreV1Api(api).read_node(running_node.name)
+
+    ready = next(c for c in found.status.conditions if c.type == "Ready")
+    assert ready.status == "True", ready.message
+    assert found.status.node_info.kubelet_version == toolchain.PINS.kubernetes_version
+    assert found.status.node_info.container_runtime_version.startswith("containerd://")
+    assert [a.address for a in found.status.addresses if a.type == "InternalIP"] == [cni.GATEWAY]
+
+
+def test_pod_from_an_imported_image_runs_and_exec_works(workloads):
+    result = _exec(workloads, "client", ["/probe", "echo", "hello", "from", "exec"])
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "hello from exec\n"
+
+
+def test_exec_reports_the_exit_code(workloads):
+    result = _exec(workloads, "client", ["/probe", "no-such-mode"])
+
+    assert result.exit_code == 2
+
+
+def test_logs_are_served_through_the_apiserver(workloads):
+    from custom_ca_conformance import kube
+
+    with workloads.api_client() as api:
+        log = kube.pod_log(api, "bar", "httpbin", "main")
+
+    assert "serving on :8000" in log
+
+
+def test_service_name_resolves_through_coredns_from_a_pod(workloads):
+    from kubernetes import client
+
+    with workloads.api_client() as api:
+        cluster_ip = client.CoreV1Api(api).read_namespaced_service("httpbin", "bar").spec.cluster_ip
+
+    result = _exec(workloads, "client", ["/probe", "dns", "httpbin.bar"])
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.split() == [cluster_ip]
+
+
+def test_cluster_ip_service_is_reached_from_a_pod(workloads):
+    result = _exec(workloads, "client", ["/probe", "get", "http://httpbin.bar:8000/status"])
+
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "200 hello from httpbin path /status\n"
+
+
+def test_kubernetes_service_reaches_the_apiserver_from_a_pod(workloads):
+    # No CA in the probe: a certificate error proves the TLS handshake with the apiserver happened.
+    result = _exec(workloads, "client", ["/probe", "get", "https://kubernetes.default.svc/version"])
+
+    assert result.exit_code == 1
+    assert "x509: certificate signed by unknown authority" in result.stderr
+
+
+def test_port_forward_reaches_the_pod(workloads):
+    from kubernetes import client
+    from kubernetes.stream import portforward
+
+    with workloads.api_client() as api:
+        forward = portforward(client.CoreV1Api(api).connect_get_namespaced_pod_portforward, "httpbin", "bar",
+                              ports="8000")
+        sock = forward.socket(8000)
+        sock.setblocking(True)
+        sock.settimeout(10)
+        sock.sendall(b"GET /pf HTTP/1.0\r\nHost: x\r\n\r\n")
+        response = b""
+        while chunk := sock.recv(4096):
+            response += chunk
+        sock.close()
+        forward.close()
+
+    assert response.startswith(b"HTTP/1.0 200")
+    assert response.endswith(b"hello from httpbin path /pf\n")
+
+
+def test_kept_node_can_be_attached(running_node):
+    attached = node.attach_node(running_node.layout.workdir)
+
+    assert attached is not None
+    assert attached.processes.pids == running_node.processes.pids
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_stop_leaves_nothing_behind(running_node, workloads):
+    before = host.nft_tables()
+    snapshot = host.HostSnapshot.load(running_node.layout.host_record)
+    pids = list(running_node.processes.pids.values())
+    shims = host.shim_pids(running_node.layout.containerd.socket)
+    assert shims, "expected containerd shims for the running pods"
+
+    problems = running_node.stop()
+
+    assert problems == []
+    assert node.leftovers(running_node.layout.workdir) == {}
+    assert [pid for pid in pids if Path(f"/proc/{pid}").exists()] == []  # exited and reaped
+    assert [pid for pid in shims if _running(pid)] == []  # not our children: init reaps them
+    assert not host.bridge_exists(cni.BRIDGE)
+    assert sorted(host.nft_tables()) == sorted(snapshot.nft_tables), f"nf_tables before stop: {before}"
+    for path in host.FIXED_PATHS:
+        assert os.path.lexists(path) == (path in snapshot.preexisting_paths), path
+    for name, value in snapshot.sysctls.items():
+        assert (Path("/proc/sys") / name).read_text().strip() == value, name
+    assert node.attach_node(running_node.layout.workdir) is None
+
+
+def test_a_component_that_exits_at_start_is_reported_and_nothing_is_left(tmp_path, control_plane_toolchain):
+    # Runs after the shared node is stopped: one node per machine.
+    import dataclasses
+
+    if os.geteuid() != 0:
+        pytest.skip("the node needs root (network namespaces, iptables, mounts)")
+    real = _node_toolchain(control_plane_toolchain)
+    fake = tmp_path / "kubelet"
+    fake.write_text("#!/bin/sh\necho 'E1202 run.go:72] \"command failed\" err=\"frobnicated cgroups\"'\nexit 1\n")
+    fake.chmod(0o755)
+    binaries = dataclasses.replace(node.find_node_binaries(real), kubelet=fake)
+    workdir = tmp_path / "wd"
+
+    with pytest.raises(node.NodeError) as failure:
+        node.start_node(real, workdir, progress=lambda line: None, binaries=binaries)
+
+    message = str(failure.value)
+    assert "expected Node ccc-node Ready" in message and "kubelet exited with code 1" in message
+    assert str(workdir / "logs" / "kubelet.log") in message and "frobnicated cgroups" in message
+    assert node.leftovers(workdir) == {}
+    assert not (workdir / "pids.json").exists()
