@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
-"""Benchmark of the local provider: prints figures, asserts nothing about them.
+"""Benchmark of the local provider (the real single node): prints figures, asserts nothing about them.
 
 Figures (each measured here unless the note says otherwise):
 
-* toolchain build, warm: ``python -m custom_ca_conformance.toolchain build`` with the existing cache;
-* toolchain build, cold: the same with fresh ``CUSTOM_CA_CONFORMANCE_CACHE`` and
-  ``GOCACHE`` (``--cold``; about 10 minutes on 2 cores). Module downloads stay cached
-  (``GOMODCACHE`` is kept): they are network time, not build time. Without ``--cold`` the
-  figure recorded in the existing toolchain's ``complete.json`` is shown;
-* control-plane start: etcd + kube-apiserver until ``/readyz``, started and stopped 3 times;
-* time to first workload certificate and full provisioning, as recorded by the local
-  provider in its state (``timings``, seconds since ``provision()`` began);
+* setup, warm: ``python -m custom_ca_conformance.machine_setup`` with the existing caches
+  (Debian packages, toolchain, images);
+* toolchain build, cold: ``python -m custom_ca_conformance.toolchain build`` with fresh
+  ``CUSTOM_CA_CONFORMANCE_CACHE`` and ``GOCACHE`` (``--cold``; about 15 minutes on 2 cores).
+  Module downloads stay cached (``GOMODCACHE`` is kept): they are network time, not build
+  time. Without ``--cold`` the figure recorded in the existing toolchain's ``complete.json``;
+* node ready, and the first and last workload certificate, as recorded by the local
+  provider in its state (``timings``, seconds since ``provision()`` began), and the memory
+  of each sidecar's Envoy and pilot-agent when provisioning finished;
 * conformance wall time: ``python -m pytest conformance --cluster local`` serially and
   with ``-n 2``, and a 10-tenant topology (100 pairs) with ``-n 2`` (``--skip-scale``
   leaves that out).
@@ -40,14 +41,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from custom_ca_conformance import toolchain as toolchain_module  # noqa: E402
-from custom_ca_conformance.localplane.controlplane import start_control_plane  # noqa: E402
-from custom_ca_conformance.localplane.processes import stop_from_pid_file  # noqa: E402
-from custom_ca_conformance.topology import default_topology, generated_topology  # noqa: E402
+from custom_ca_conformance import toolchain as toolchain_module
+from custom_ca_conformance.localplane.processes import stop_from_pid_file
+from custom_ca_conformance.topology import default_topology, generated_topology
 
-CONTROL_PLANE_RUNS = 3
 SCALE_TENANTS = 10
 PYTEST_BASE = ["-m", "pytest", "conformance", "--cluster", "local", "-q", "-p", "no:cacheprovider"]
 OUTCOME_WORDS = ("passed", "failed", "skipped", "error", "errors", "xfailed", "xpassed", "deselected")
@@ -63,6 +61,7 @@ class Figure:
     seconds: float | None
     note: str
     details: dict = field(default_factory=dict)
+    unit: str = "s"
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -129,19 +128,19 @@ def check_nothing_left(workdir: Path, what: str) -> None:
 # --- toolchain ---------------------------------------------------------------------------
 
 
-def toolchain_warm() -> Figure:
+def setup_warm() -> Figure:
     if toolchain_module.cached_toolchain() is None:
         raise BenchmarkError(
             f"the toolchain is not built in {toolchain_module.toolchain_dir()}: "
-            "run `python -m custom_ca_conformance.toolchain build` first (the other figures need it)")
+            "run `python -m custom_ca_conformance.machine_setup` first (the other figures need it)")
     scratch = temp_dir("warm")
     try:
-        seconds, code = run_timed([sys.executable, "-m", "custom_ca_conformance.toolchain", "build"], output=scratch / "out")
+        seconds, code = run_timed([sys.executable, "-m", "custom_ca_conformance.machine_setup"], output=scratch / "out")
         if code != 0:
-            raise BenchmarkError(f"warm toolchain build exited {code}:\n{tail(scratch / 'out')}")
+            raise BenchmarkError(f"warm setup exited {code}:\n{tail(scratch / 'out')}")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return Figure("toolchain build, warm", seconds, "existing cache: checks the stamp, builds nothing")
+    return Figure("setup, warm", seconds, "packages present, toolchain and images cached: builds nothing")
 
 
 def toolchain_cold() -> Figure:
@@ -178,31 +177,6 @@ def _per_binary(per_binary: dict) -> str:
     return ", ".join(f"{name} {seconds}s" for name, seconds in per_binary.items())
 
 
-# --- control plane ----------------------------------------------------------------------
-
-
-def control_plane_start(runs: int) -> Figure:
-    toolchain = toolchain_module.cached_toolchain()
-    scratch = temp_dir("cp")
-    samples = []
-    try:
-        for index in range(runs):
-            workdir = scratch / str(index)
-            plane = start_control_plane(toolchain, workdir, progress=lambda _line: None)
-            try:
-                samples.append(plane.startup_seconds)
-            finally:
-                plane.stop()
-            check_nothing_left(workdir, "a control-plane start")
-            log(f"control plane {index + 1}/{runs}: ready in {plane.startup_seconds:.2f}s")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    median = statistics.median(samples)
-    return Figure("control-plane start (median)", median,
-                  f"etcd + kube-apiserver to /readyz, {runs} runs: min {min(samples):.2f} s, "
-                  f"median {median:.2f} s", {"samples": [round(s, 3) for s in samples]})
-
-
 # --- pytest runs ---------------------------------------------------------------------------
 
 
@@ -215,6 +189,7 @@ class PytestRun:
     counts: dict = field(default_factory=dict)
     summary: str = ""
     timings: dict = field(default_factory=dict)
+    rss: dict = field(default_factory=dict)
 
 
 def run_conformance(label: str, extra: list[str], pairs: int) -> PytestRun:
@@ -232,7 +207,8 @@ def run_conformance(label: str, extra: list[str], pairs: int) -> PytestRun:
                                  f"--- last lines of its output ---\n{tail(output, 60)}")
         state_file = workdir / "state.json"
         if state_file.exists():
-            run.timings = json.loads(state_file.read_text()).get("state", {}).get("timings", {})
+            state = json.loads(state_file.read_text()).get("state", {})
+            run.timings, run.rss = state.get("timings", {}), state.get("sidecar_rss_bytes", {})
         log(f"{label}: {run.summary} (wall {run.seconds:.1f}s)")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -275,21 +251,37 @@ def provisioning_figures(run: PytestRun, other: PytestRun, scale: PytestRun | No
         raise BenchmarkError(f"pytest ({run.label}) left no timings in state.json: "
                              "fixtures/providers/local.py records them in state['timings']")
     figures = [
+        Figure("node ready (control plane, kubelet, DNS)", timings.get("dns_ready_seconds"),
+               f"control plane at {timings.get('control_plane_seconds')} s, Node Ready at "
+               f"{timings.get('node_ready_seconds')} s (-n 2 run: {again.get('dns_ready_seconds')} s)"),
         Figure("time to first workload certificate", timings.get("first_certificate_seconds"),
-               f"from provision() start; control plane ready at {timings.get('control_plane_seconds')} s, "
-               f"all {len(default_topology().workloads)} workloads at {timings.get('last_certificate_seconds')} s "
+               f"from provision() start: cert-manager, signers, istioctl install, workloads; last of "
+               f"{len(default_topology().workloads)} at {timings.get('last_certificate_seconds')} s "
                f"(-n 2 run: {again.get('first_certificate_seconds')} s)"),
         Figure("full provisioning", timings.get("provision_seconds"),
-               "control plane, signer, istiod, injected pods, agents' certificates, TLS endpoints "
+               f"node, cert-manager, Istio, injected workloads, every tenant's CSR issued "
                f"(-n 2 run: {again.get('provision_seconds')} s)"),
     ]
     if scale is not None and scale.timings:
         t = scale.timings
         figures.append(Figure(f"full provisioning, {SCALE_TENANTS} tenants", t.get("provision_seconds"),
-                              f"first certificate at {t.get('first_certificate_seconds')} s, all "
+                              f"first certificate at {t.get('first_certificate_seconds')} s, last of "
                               f"{len(generated_topology(SCALE_TENANTS).workloads)} at "
                               f"{t.get('last_certificate_seconds')} s"))
     return figures
+
+
+def sidecar_memory_figure(run: PytestRun) -> Figure:
+    sizes = run.rss or {}
+    envoy, agent = sizes.get("envoy") or [], sizes.get("pilot-agent") or []
+    if not envoy:
+        return Figure("memory per sidecar", None, "no Envoy process was seen when provisioning finished")
+    mib = 1024 * 1024
+    per_sidecar = (sum(envoy) + sum(agent)) / len(envoy) / mib
+    return Figure("memory per sidecar (MiB RSS)", per_sidecar,
+                  f"Envoy median {statistics.median(envoy) / mib:.0f} MiB + pilot-agent median "
+                  f"{statistics.median(agent) / mib if agent else 0:.0f} MiB, {len(envoy)} sidecars",
+                  {"envoy_bytes": envoy, "pilot_agent_bytes": agent}, unit="MiB")
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -303,17 +295,17 @@ def environment() -> dict:
         "python": platform.python_version(),
         "go": toolchain_module.go_version(),
         "kubernetes": pins.kubernetes_version,
-        "istio": pins.istio_release_label,
         "load_average_at_start": round(os.getloadavg()[0], 2),
+        "istio": pins.istio_release_label,
     }
 
 
 def print_table(figures: list[Figure], env: dict) -> None:
     print(f"custom-ca-conformance benchmark: {env['cpus']} CPUs {env['machine']}, Python {env['python']}, "
-          f"{env['go']}, kube-apiserver {env['kubernetes']}, istio {env['istio']}, "
+          f"{env['go']}, Kubernetes {env['kubernetes']}, istio {env['istio']}, "
           f"load average {env['load_average_at_start']} at start")
     width = max(len(f.name) for f in figures)
-    values = [fmt_seconds(f.seconds) for f in figures]
+    values = [fmt_seconds(f.seconds) if f.unit == "s" else f"{f.seconds:.0f} {f.unit}" for f in figures]
     value_width = max(len(v) for v in values)
     print(f"{'figure':<{width}}  {'value':>{value_width}}  note")
     print(f"{'-' * width}  {'-' * value_width}  {'-' * 4}")
@@ -324,7 +316,7 @@ def print_table(figures: list[Figure], env: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", action="store_true",
-                        help="measure a cold toolchain build (about 10 minutes on 2 cores); "
+                        help="measure a cold toolchain build (about 15 minutes on 2 cores); "
                              "default: show the one recorded in the toolchain's complete.json")
     parser.add_argument("--skip-scale", action="store_true",
                         help=f"leave out the {SCALE_TENANTS}-tenant topology run")
@@ -334,9 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         env = environment()
-        figures = [toolchain_warm()]
+        figures = [setup_warm()]
         figures.append(toolchain_cold() if args.cold else toolchain_cold_recorded())
-        figures.append(control_plane_start(CONTROL_PLANE_RUNS))
         pairs = len(default_topology().pairs())
         runs = [run_conformance("serial", [], pairs), run_conformance("n2", ["-n", "2"], pairs)]
         scale = None
@@ -344,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             scale = run_conformance("scale", ["--tenants", str(SCALE_TENANTS), "-n", "2"],
                                     len(generated_topology(SCALE_TENANTS).pairs()))
             runs.append(scale)
-        figures[3:3] = provisioning_figures(runs[0], runs[1], scale)
+        figures += provisioning_figures(runs[0], runs[1], scale)
+        figures.append(sidecar_memory_figure(runs[0]))
         figures += conformance_figures(runs)
     except (BenchmarkError, toolchain_module.ToolchainError) as exc:
         print(f"bench: FAILED: {exc}", file=sys.stderr)

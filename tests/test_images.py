@@ -180,18 +180,6 @@ def test_keys_are_stable_and_input_sensitive():
     assert spec.key() == same.key() != other.key()
 
 
-def test_go_source_key_follows_its_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(binaries, "GOSRC", tmp_path)
-    (tmp_path / "demo").mkdir()
-    (tmp_path / "demo" / "main.go").write_text("package main\n")
-    source = binaries.GoSource("demo")
-    before = binaries.key_of(source.key_material("go1.26.8"))
-    assert before == binaries.key_of(source.key_material("go1.26.8"))
-    assert before != binaries.key_of(source.key_material("go1.27.0"))
-    (tmp_path / "demo" / "main.go").write_text("package main\n// changed\n")
-    assert before != binaries.key_of(source.key_material("go1.26.8"))
-
-
 def test_istio_refs_are_what_istioctl_renders_from_hub_and_tag():
     tag = recipes.istio_tag()
     assert "+" not in tag and tag.endswith(recipes.toolchain_module.PINS.istio_revision)
