@@ -2,41 +2,48 @@
 
 The first part renders configuration and parses host state without a cluster. The second
 starts a real node (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-containerd + runc, kubelet, kube-proxy, CNI, CoreDNS), runs pods from a locally imported
-image, and checks exec, logs, DNS, a ClusterIP Service and that stopping leaves nothing.
-It needs root and the built toolchain, and is skipped (with the reason) otherwise.
+containerd + runc, kubelet, kube-proxy, CNI, CoreDNS), with the pause and CoreDNS images of
+``custom_ca_conformance.images``, runs pods from a locally imported image, and checks exec,
+logs, DNS, a ClusterIP Service, the machine lock and that stopping leaves nothing. It needs
+root and the built toolchain: it is skipped (with the reason) without them, and fails when
+the toolchain is built but a node binary is missing.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
-import tarfile
+import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from custom_ca_conformance.localplane import cni, containerd, coredns, host, kubelet, node, oci
+from custom_ca_conformance import images
+from custom_ca_conformance.images import oci
+from custom_ca_conformance.localplane import cni, containerd, coredns, host, kubelet, node
 
 # One node per machine, and the tests below share one: keep them on one xdist worker, in order.
 pytestmark = pytest.mark.xdist_group("node")
+
+PAUSE_REF = "docker.io/custom-ca-conformance/pause:3.10"
+COREDNS_REF = "docker.io/custom-ca-conformance/coredns:1.15.0"
 
 # --- pure: rendering -------------------------------------------------------------------------
 
 
 def test_containerd_config_has_the_settings_this_machine_needs(tmp_path):
     paths = containerd.ContainerdPaths(tmp_path / "containerd")
-    text = containerd.config_toml(paths, sandbox_image="registry.k8s.io/pause:3.10",
+    text = containerd.config_toml(paths, sandbox_image=PAUSE_REF,
                                   cni_bin_dir=tmp_path / "bin", cni_conf_dir=tmp_path / "conf")
 
     assert "restrict_oom_score_adj = true" in text
     assert "SystemdCgroup = false" in text
     assert 'snapshotter = "overlayfs"' in text
-    assert 'sandbox_image = "registry.k8s.io/pause:3.10"' in text
+    assert f'sandbox_image = "{PAUSE_REF}"' in text
     assert "netns_mounts_under_state_dir = true" in text
     assert f'address = "{paths.socket}"' in text
     assert f'Root = "{paths.runc_root}"' in text
@@ -115,35 +122,16 @@ def test_corefile_forwards_nothing():
     assert "forward" not in corefile and "/etc/resolv.conf" not in corefile
 
 
-def test_coredns_manifests_use_the_imported_image_and_fixed_cluster_ip():
-    objects = coredns.manifests("198.19.0.10")
+def test_coredns_manifests_use_the_given_image_and_fixed_cluster_ip():
+    objects = coredns.manifests("198.19.0.10", image=COREDNS_REF)
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     service = next(o for o in objects if o["kind"] == "Service")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
 
-    assert container["image"] == coredns.IMAGE and not coredns.IMAGE.endswith(":latest")
+    assert container["image"] == COREDNS_REF
     assert container["imagePullPolicy"] == "Never"
     assert service["spec"]["clusterIP"] == "198.19.0.10"
     assert {(p["port"], p["protocol"]) for p in service["spec"]["ports"]} >= {(53, "UDP"), (53, "TCP")}
-
-
-def test_oci_archive_names_the_full_reference(tmp_path):
-    binary = tmp_path / "tool"
-    binary.write_bytes(b"#!/bin/true\n")
-    archive = oci.write_archive(tmp_path / "image.tar", "docker.io/library/tool:1", {"/tool": binary},
-                                entrypoint=["/tool"])
-
-    with tarfile.open(archive) as tar:
-        index = json.load(tar.extractfile("index.json"))
-        manifest_digest = index["manifests"][0]["digest"].split(":")[1]
-        manifest = json.load(tar.extractfile(f"blobs/sha256/{manifest_digest}"))
-        config = json.load(tar.extractfile(f"blobs/sha256/{manifest['config']['digest'].split(':')[1]}"))
-        names = tar.getnames()
-
-    assert index["manifests"][0]["annotations"]["io.containerd.image.name"] == "docker.io/library/tool:1"
-    assert config["config"]["Entrypoint"] == ["/tool"]
-    assert config["rootfs"]["diff_ids"] == [manifest["layers"][0]["digest"]]  # uncompressed layer
-    assert "oci-layout" in names
 
 
 # --- pure: host state ----------------------------------------------------------------------------
@@ -214,8 +202,31 @@ def test_missing_binaries_are_named(tmp_path, monkeypatch):
     with pytest.raises(node.NodeError) as failure:
         node.find_node_binaries(toolchain)
 
-    assert "kubelet" in str(failure.value) and "coredns" in str(failure.value) and "firewall" in str(failure.value)
+    assert "kubelet" in str(failure.value) and "kube-proxy" in str(failure.value) and "firewall" in str(failure.value)
     assert str(tmp_path) in str(failure.value)
+    # pause and CoreDNS come as images (custom_ca_conformance.images), not as node binaries.
+    assert "pause" not in str(failure.value) and "coredns" not in str(failure.value)
+
+
+def _archive(tmp_path: Path, ref: str) -> Path:
+    layer = oci.write_layer([oci.FileEntry("hello", data=b"hi\n")], tmp_path / f"{ref.rsplit(':', 1)[1]}.layer.tar")
+    return oci.write_oci_archive(ref, [layer], oci.ImageConfig(), tmp_path / f"{ref.rsplit(':', 1)[1]}.oci.tar").archive
+
+
+def test_start_refuses_images_without_the_sandbox_and_coredns_before_starting_anything(tmp_path):
+    binaries = type("B", (), {})()  # never used: the check comes first
+    workdir = tmp_path / "wd"
+    other = _archive(tmp_path, "docker.io/custom-ca-conformance/other:1")
+    pause = _archive(tmp_path, PAUSE_REF)
+
+    with pytest.raises(node.NodeError) as failure:
+        node.start_node(None, workdir, progress=lambda line: None, binaries=binaries, images=[other, pause],
+                        sandbox_image=PAUSE_REF, coredns_image=COREDNS_REF)
+
+    message = str(failure.value)
+    assert COREDNS_REF in message and PAUSE_REF not in message.split(", saw")[0]
+    assert "docker.io/custom-ca-conformance/other:1" in message
+    assert not workdir.exists() and workdir.resolve() not in node._LOCKS
 
 
 # --- the real node ---------------------------------------------------------------------------------
@@ -281,11 +292,25 @@ func main() {
 
 
 def _node_toolchain(binaries):
+    from custom_ca_conformance import toolchain
+
     try:
         node.find_node_binaries(binaries)
     except node.NodeError as exc:
+        if toolchain.cached_toolchain() is not None:
+            pytest.fail(f"the toolchain is built, yet: {exc}")
         pytest.skip(f"node binaries are not built: {exc}")
     return binaries
+
+
+@pytest.fixture(scope="module")
+def node_images():
+    """The node's pause and CoreDNS images, from the project's image package (cached after the first build)."""
+    return images.build_images(("pause", "coredns"), progress=lambda line: None)
+
+
+def _image_arguments(node_images) -> dict:
+    return {"sandbox_image": node_images["pause"].ref, "coredns_image": node_images["coredns"].ref}
 
 
 @pytest.fixture(scope="module")
@@ -298,8 +323,9 @@ def probe_archive(tmp_path_factory):
     env = dict(os.environ, CGO_ENABLED="0", GOWORK="off", GOFLAGS="-mod=mod")
     subprocess.run(["go", "build", "-ldflags=-s -w", "-o", "probe", "."], cwd=source, env=env, check=True,
                    capture_output=True, timeout=300)
-    return oci.write_archive(source / "probe.tar", PROBE_IMAGE, {"/probe": source / "probe"},
-                             entrypoint=["/probe"])
+    layer = oci.write_layer([oci.FileEntry("probe", mode=0o755, source=source / "probe")], source / "layer.tar")
+    return oci.write_oci_archive(PROBE_IMAGE, [layer], oci.ImageConfig(entrypoint=("/probe",)),
+                                 source / "probe.oci.tar").archive
 
 
 @pytest.fixture(scope="module")
@@ -308,11 +334,13 @@ def node_workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def running_node(node_workdir, probe_archive, control_plane_toolchain):
+def running_node(node_workdir, probe_archive, node_images, control_plane_toolchain):
     if os.geteuid() != 0:
         pytest.skip("the node needs root (network namespaces, iptables, mounts)")
     toolchain = _node_toolchain(control_plane_toolchain)
-    started = node.start_node(toolchain, node_workdir, progress=lambda line: None, images=[probe_archive])
+    archives = [probe_archive] + [image.archive for image in node_images.values()]
+    started = node.start_node(toolchain, node_workdir, progress=lambda line: None, images=archives,
+                              **_image_arguments(node_images))
     print(f"node timings: {started.timings}; RSS: {started.rss_bytes()}")
     yield started
     started.stop()
@@ -375,7 +403,6 @@ def test_node_is_ready_and_runs_from_the_pinned_kubelet(running_node):
 
     from custom_ca_conformance import toolchain
 
-    assert PROBE_IMAGE in running_node.images()
     with running_node.api_client() as api:
         found = client.CoreV1Api(api).read_node(running_node.name)
 
@@ -384,6 +411,23 @@ def test_node_is_ready_and_runs_from_the_pinned_kubelet(running_node):
     assert found.status.node_info.kubelet_version == toolchain.PINS.kubernetes_version
     assert found.status.node_info.container_runtime_version.startswith("containerd://")
     assert [a.address for a in found.status.addresses if a.type == "InternalIP"] == [cni.GATEWAY]
+
+
+def test_the_sandbox_and_coredns_run_from_the_image_package(running_node, node_images):
+    import tomllib
+
+    from kubernetes import client
+
+    pause, dns = node_images["pause"].ref, node_images["coredns"].ref
+    config = tomllib.loads(running_node.layout.containerd.config.read_text())
+    with running_node.api_client() as api:
+        pods = client.CoreV1Api(api).list_namespaced_pod(coredns.NAMESPACE, label_selector="k8s-app=kube-dns").items
+
+    assert (pause, dns) == (PAUSE_REF, COREDNS_REF)
+    assert {pause, dns, PROBE_IMAGE} <= running_node.images()
+    assert config["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"] == pause
+    assert [status.image for pod in pods for status in pod.status.container_statuses] == [dns]
+    assert not (running_node.layout.base / "images").exists()  # the node writes no images of its own
 
 
 def test_pod_from_an_imported_image_runs_and_exec_works(workloads):
@@ -461,6 +505,29 @@ def test_kept_node_can_be_attached(running_node):
 
     assert attached is not None
     assert attached.processes.pids == running_node.processes.pids
+    assert list(node._LOCKS) == [running_node.layout.workdir]  # still this process's, once
+
+
+def test_attaching_waits_for_the_machine_lock_of_the_run_using_the_node(running_node):
+    # Another run (a process of its own) may not reuse the node while this one holds it.
+    script = textwrap.dedent(f"""
+        import time
+        from custom_ca_conformance.localplane import node
+        node.MACHINE_LOCK_TIMEOUT = 2
+        started = time.monotonic()
+        try:
+            node.attach_node({str(running_node.layout.workdir)!r})
+        except node.NodeError as exc:
+            print(f"{{time.monotonic() - started:.1f}}s", exc)
+        else:
+            print("attached")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert "another process still holds" in result.stdout and str(node.LOCK_FILE) in result.stdout, result.stdout
+    assert float(result.stdout.split("s ", 1)[0]) >= 1.5  # it waited, bounded
+    assert node._node_ready_seen(running_node) is None  # and left the node alone
 
 
 def _running(pid: int) -> bool:
@@ -492,7 +559,8 @@ def test_stop_leaves_nothing_behind(running_node, workloads):
     assert node.attach_node(running_node.layout.workdir) is None
 
 
-def test_a_component_that_exits_at_start_is_reported_and_nothing_is_left(tmp_path, control_plane_toolchain):
+def test_a_component_that_exits_at_start_is_reported_and_nothing_is_left(tmp_path, control_plane_toolchain,
+                                                                         node_images):
     # Runs after the shared node is stopped: one node per machine.
     import dataclasses
 
@@ -506,7 +574,8 @@ def test_a_component_that_exits_at_start_is_reported_and_nothing_is_left(tmp_pat
     workdir = tmp_path / "wd"
 
     with pytest.raises(node.NodeError) as failure:
-        node.start_node(real, workdir, progress=lambda line: None, binaries=binaries)
+        node.start_node(real, workdir, progress=lambda line: None, binaries=binaries,
+                        images=[image.archive for image in node_images.values()], **_image_arguments(node_images))
 
     message = str(failure.value)
     assert "expected Node ccc-node Ready" in message and "kubelet exited with code 1" in message
