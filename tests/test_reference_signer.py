@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 
 import pytest
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from kubernetes import client
@@ -188,6 +189,13 @@ def _settle_earlier_events(driver: CsrDriver) -> None:
     assert driver.wait(barrier, ISSUE_TIMEOUT_SECONDS).certificate_pem, driver.describe(barrier)
 
 
+def _signer_log_once_it_has(running_signer, text: str, budget: float = 5) -> str:
+    """The signer's log, read again for a moment: it logs right after writing status.certificate."""
+    retrying = Retrying(stop=stop_after_delay(budget), wait=wait_fixed(0.1), retry=retry_if_result(lambda log: text not in log),
+                        retry_error_callback=lambda state: state.outcome.result())
+    return retrying(_signer_log, running_signer)
+
+
 def _signer_log(running_signer) -> str:
     return running_signer.log_path.read_text()
 
@@ -205,7 +213,8 @@ def test_approved_istio_csr_is_issued_and_verifies_to_the_published_root(driver,
     assert check.ok, check.detail
     assert pki.same_public_key(chain[0], csr.key)
     assert pki.spiffe_ids(chain[0]) == [SPIFFE_ID]
-    assert f"signed {csr.name} ({BAR}) for {SPIFFE_ID} ttl 3600s" in _signer_log(running_signer)
+    assert f"signed {csr.name} ({BAR}) for {SPIFFE_ID} ttl 3600s" in _signer_log_once_it_has(
+        running_signer, f"signed {csr.name} ")
 
 
 def test_unapproved_denied_and_foreign_csrs_are_left_alone(driver, running_signer):
