@@ -2,11 +2,12 @@
 
 import pytest
 
+from custom_ca_conformance.evidence_collection import ISTIOD_USER, istiod_may_approve
 from custom_ca_conformance.messages import mismatch
+from custom_ca_conformance.vocabulary import Stage
 
-pytestmark = pytest.mark.rbac
-
-ISTIOD_USER = "system:serviceaccount:istio-system:istiod"
+# istiod's ClusterRole exists once Istio's objects are applied, whether or not istiod got ready.
+pytestmark = [pytest.mark.rbac, pytest.mark.requires(Stage.ISTIO)]
 
 
 def _approve_rules(role: dict) -> list[dict]:
@@ -30,20 +31,8 @@ def test_istiod_may_approve_exactly_the_configured_signers(mesh, topology):
     )
 
 
-def _istiod_may_approve(mesh, signer_name: str) -> bool:
-    from kubernetes import client
-
-    review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
-        user=ISTIOD_USER,
-        groups=["system:serviceaccounts", "system:serviceaccounts:istio-system", "system:authenticated"],
-        resource_attributes=client.V1ResourceAttributes(
-            group="certificates.k8s.io", resource="signers", verb="approve", name=signer_name),
-    ))
-    return client.AuthorizationV1Api(mesh.api_client).create_subject_access_review(review).status.allowed
-
-
 def test_istiod_is_authorized_to_approve_each_configured_signer(mesh, topology):
-    denied = [name for name in topology.signer_names if not _istiod_may_approve(mesh, name)]
+    denied = [name for name in topology.signer_names if not istiod_may_approve(mesh.api_client, name)]
     assert not denied, mismatch(
         f"{ISTIOD_USER} may approve {sorted(topology.signer_names)}",
         f"SubjectAccessReview denies {denied}",
@@ -53,7 +42,7 @@ def test_istiod_is_authorized_to_approve_each_configured_signer(mesh, topology):
 
 def test_istiod_is_not_authorized_to_approve_other_signers(mesh, topology):
     others = [topology.signer_name("not-a-configured-signer"), "kubernetes.io/kube-apiserver-client"]
-    allowed = [name for name in others if _istiod_may_approve(mesh, name)]
+    allowed = [name for name in others if istiod_may_approve(mesh.api_client, name)]
     assert not allowed, mismatch(
         f"{ISTIOD_USER} may not approve signers outside the topology",
         f"SubjectAccessReview allows {allowed}",

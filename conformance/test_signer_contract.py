@@ -15,9 +15,9 @@ import pytest
 from custom_ca_conformance import pki
 from custom_ca_conformance.csr_contract import CONTRACT_EXPIRATION_SECONDS, ISTIO_USAGES, KEY_KINDS, CsrDriver
 from custom_ca_conformance.messages import mismatch
-from custom_ca_conformance.vocabulary import Feature, declared_gap
+from custom_ca_conformance.vocabulary import Feature, Stage, declared_gap
 
-pytestmark = pytest.mark.signer
+pytestmark = [pytest.mark.signer, pytest.mark.requires(Stage.SIGNERS)]
 
 EXPIRATION_TOLERANCE = dt.timedelta(seconds=90)
 FOREIGN_SIGNER = "foreign.custom-ca-conformance.invalid/not-yours"

@@ -261,3 +261,17 @@ def test_run_timeout_and_missing_binary_are_provisioning_errors():
         installers.run([sys.executable, "-c", "import time; time.sleep(5)"], what="sleeping", timeout=0.5)
     with pytest.raises(ProvisioningError, match="not found"):
         installers.run(["/nonexistent/tool"], what="running", timeout=5)
+
+
+def test_a_watch_that_sees_a_pointless_wait_stops_the_command_at_once(tmp_path):
+    import time
+
+    def watch():
+        raise ProvisioningError("istiod crashed")
+
+    started = time.monotonic()
+    with pytest.raises(ProvisioningError, match="istiod crashed"):
+        installers.run([sys.executable, "-c", "import time; time.sleep(60)"], what="waiting", timeout=120,
+                       log_file=tmp_path / "log", watch=watch)
+    assert time.monotonic() - started < installers.WATCH_INTERVAL_SECONDS + 5
+    assert "stopped: waiting was pointless" in (tmp_path / "log").read_text()

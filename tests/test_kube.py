@@ -318,3 +318,17 @@ def test_recorder_wait_until_times_out_with_false(tmp_path, monkeypatch):
         assert recorder.wait_until(lambda records: bool(records), timeout=0.3) is False
     finally:
         recorder.stop()
+
+
+def test_a_watch_stops_every_wait_in_its_block_between_polls():
+    calls = []
+
+    def watch():
+        calls.append(1)
+        if len(calls) == 2:
+            raise ProvisioningError("the signer never signs")
+
+    with kube.watching(watch), pytest.raises(ProvisioningError, match="never signs"):
+        kube.wait_for(lambda: None, timeout=60, expected="x", diagnose=lambda: ("", ""))
+    assert len(calls) == 2
+    assert kube.wait_for(lambda: "ready", timeout=5, expected="x", diagnose=lambda: ("", "")) == "ready"

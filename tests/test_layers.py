@@ -20,16 +20,17 @@ LIBRARY = Path(__file__).resolve().parents[1] / "fixtures"
 # Bottom to top. A module may import modules of its own layer or below. The most specific
 # prefix wins, so "localplane.node" sits above the rest of "localplane".
 LAYERS = (
-    ("records", ("errors", "evidence", "messages", "vocabulary")),
-    ("pure logic and pins", ("topology", "documents", "schemas", "pki", "outcomes", "toolchain")),
+    ("records", ("errors", "evidence", "messages", "vocabulary", "hookspecs")),
+    ("pure logic and pins", ("topology", "documents", "schemas", "pki", "outcomes", "toolchain",
+                             "reports", "diagnoses")),
     ("cluster I/O and rendering", ("kube", "injection", "installers", "tools", "render", "csr_contract",
                                    "signer_profile", "localplane", "images", "signer.reference",
                                    "signer.__main__")),
-    ("install sequences", ("mesh_installer", "signer_install", "signer.deploy", "signer", "localplane.node")),
+    ("install sequences", ("evidence_collection", "mesh_installer", "signer_install", "signer.deploy", "signer", "localplane.node")),
     ("providers", ("providers",)),
     ("session", ("session",)),
     ("run configuration", ("run_config",)),
-    ("front doors: pytest plugin, setup command", ("fixtures", "plugin", "machine_setup", "")),
+    ("front doors: pytest plugin, setup command", ("fixtures", "plugin", "report_hooks", "machine_setup", "")),
 )
 
 

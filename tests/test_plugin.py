@@ -26,6 +26,7 @@ TIER_FILES = {
     "test_connectivity.py",
     "test_csr.py",
     "test_rbac.py",
+    "test_health.py",
     "test_signer_contract.py",
 }
 PAIR_TESTS = {
@@ -108,7 +109,7 @@ def ids_of(items: list[re.Match], test: str) -> list[str]:
 
 
 def pairs(*names: str) -> set[str]:
-    return {f"{client}->{server}" for client in names for server in names}
+    return {f"{client}-to-{server}" for client in names for server in names}
 
 
 def write_topology(directory: Path) -> Path:
@@ -132,11 +133,11 @@ def test_collect_only_lists_every_tier_and_the_default_pair_ids(run):
     items = collected(run("--collect-only", "-q", "conformance"))
     assert {m["file"] for m in items} == TIER_FILES
     assert sorted(ids_of(items, PAIR_TESTS["matrix"])) == sorted(pairs("foo", "bar"))
-    assert sorted(ids_of(items, PAIR_TESTS["same"])) == ["bar->bar", "foo->foo"]
-    assert sorted(ids_of(items, PAIR_TESTS["cross"])) == ["bar->foo", "foo->bar"]
-    assert sorted(ids_of(items, PAIR_TESTS["cross_envoy"])) == ["bar->foo", "foo->bar"]
+    assert sorted(ids_of(items, PAIR_TESTS["same"])) == ["bar-to-bar", "foo-to-foo"]
+    assert sorted(ids_of(items, PAIR_TESTS["cross"])) == ["bar-to-foo", "foo-to-bar"]
+    assert sorted(ids_of(items, PAIR_TESTS["cross_envoy"])) == ["bar-to-foo", "foo-to-bar"]
     # Every pair id anywhere is one of the default topology's four.
-    pair_ids = {m["id"] for m in items if m["id"] and "->" in m["id"]}
+    pair_ids = {m["id"] for m in items if m["id"] and "-to-" in m["id"]}
     assert pair_ids == pairs("foo", "bar")
 
 
@@ -156,24 +157,16 @@ def test_marker_selects_only_connectivity_tests(run):
     assert len(selected) == sum(1 for m in everything if m["file"] == "test_connectivity.py")
 
 
-def test_keyword_selects_one_pair_tests(run):
-    # `-k` cannot contain ">" (see the xfail below): "[foo-" and "bar]" pin the foo->bar pair.
-    selected = collected(run("--collect-only", "-q", "-k", "[foo- and bar]", "conformance"))
-    assert {m["id"] for m in selected} == {"foo->bar"}
+def test_keyword_with_the_pair_id_selects_exactly_that_pair(run):
+    selected = collected(run("--collect-only", "-q", "-k", "foo-to-bar", "conformance"))
+    assert {m["id"] for m in selected} == {"foo-to-bar"}
     assert {f"{m['file']}::{m['function']}" for m in selected} == {
         PAIR_TESTS["matrix"], PAIR_TESTS["cross"], PAIR_TESTS["cross_envoy"]}
 
 
 def test_node_id_selects_one_pair(run):
-    selected = collected(run("--collect-only", "-q", f"conformance/{PAIR_TESTS['matrix']}[foo->bar]"))
-    assert [(m["function"], m["id"]) for m in selected] == [("test_mtls", "foo->bar")]
-
-
-@pytest.mark.xfail(strict=True, reason="pytest's -k grammar rejects '>', so pair ids like foo->bar "
-                                       "cannot be given to -k (pytest: 'unexpected character \">\"')")
-def test_keyword_with_the_literal_pair_id_selects_that_pair(run):
-    selected = collected(run("--collect-only", "-q", "-k", "foo->bar", "conformance"))
-    assert {m["id"] for m in selected} == {"foo->bar"}
+    selected = collected(run("--collect-only", "-q", f"conformance/{PAIR_TESTS['matrix']}[foo-to-bar]"))
+    assert [(m["function"], m["id"]) for m in selected] == [("test_mtls", "foo-to-bar")]
 
 
 # --- 3. topology options and their errors ---------------------------------------------------------
@@ -185,9 +178,9 @@ def test_topology_file_changes_the_pair_ids(run, tmp_path):
     matrix = ids_of(items, PAIR_TESTS["matrix"])
     assert len(matrix) == 9
     assert sorted(matrix) == sorted(pairs("alpha", "beta", "gamma"))
-    assert sorted(ids_of(items, PAIR_TESTS["same"])) == sorted(pairs("alpha", "beta") | {"gamma->gamma"})
+    assert sorted(ids_of(items, PAIR_TESTS["same"])) == sorted(pairs("alpha", "beta") | {"gamma-to-gamma"})
     assert sorted(ids_of(items, PAIR_TESTS["cross"])) == sorted(
-        ["alpha->gamma", "beta->gamma", "gamma->alpha", "gamma->beta"])
+        ["alpha-to-gamma", "beta-to-gamma", "gamma-to-alpha", "gamma-to-beta"])
     assert not any(m["id"] and "foo" in m["id"] for m in items)
 
 
@@ -195,7 +188,7 @@ def test_tenants_option_generates_the_pair_ids(run):
     items = collected(run("--collect-only", "-q", "--tenants", "3", "conformance"))
     names = ("tenant1", "tenant2", "tenant3")
     assert sorted(ids_of(items, PAIR_TESTS["matrix"])) == sorted(pairs(*names))
-    assert sorted(ids_of(items, PAIR_TESTS["same"])) == sorted(f"{n}->{n}" for n in names)
+    assert sorted(ids_of(items, PAIR_TESTS["same"])) == sorted(f"{n}-to-{n}" for n in names)
     assert len(ids_of(items, PAIR_TESTS["cross"])) == 6
 
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from custom_ca_conformance import injection, installers, kube, render
+from custom_ca_conformance import installers, kube, render
 from custom_ca_conformance.pki import cert_to_pem, make_intermediate_ca, make_self_signed_ca
 from custom_ca_conformance import mesh_installer
 from custom_ca_conformance.providers import existing, sidecar_mesh
@@ -302,34 +302,6 @@ def test_kind_reuses_an_existing_cluster_with_keep_cluster_and_never_deletes_it(
 
 
 # --- install order ------------------------------------------------------------------------------------
-
-
-def test_preinstalled_installs_nothing_cluster_wide_but_still_verifies(tmp_path, monkeypatch):
-    topology = default_topology()
-    commands, applied = [], []
-    monkeypatch.setattr(installers, "run", lambda argv, **kw: commands.append(argv) or "")
-    for name in ("wait_crd_established", "wait_deployment_ready", "wait_secret", "wait_condition",
-                 "wait_pods_have_container"):
-        monkeypatch.setattr(kube, name, lambda *a, **k: None)
-    monkeypatch.setattr(kube, "read_secret_pem", lambda api, ref: make_self_signed_ca("x").cert_pem)
-    monkeypatch.setattr(kube, "apply", lambda api, objects, **kw: applied.extend(o["kind"] for o in objects))
-    monkeypatch.setattr(kube, "CsrRecorder", lambda api, path: SimpleNamespace(
-        start=lambda: SimpleNamespace(wait_until=lambda p, timeout: True, stop=lambda: None, records=list)))
-    monkeypatch.setattr(injection, "wait_until_tenants_are_injected_with_their_signers", lambda *a: None)
-    state = {"kubeconfig": "kc", "context": "c", "workdir": str(tmp_path), "csr_log": str(tmp_path / "csr.jsonl")}
-    installer = mesh_installer.MeshInstaller(topology, state, None, mesh_installer.Tools("istioctl"), preinstalled=True,
-                                       cert_manager=mesh_installer.CertManagerSource(chart_version="v1.21.1"))
-    verified = []
-    monkeypatch.setattr(installer, "_require_csr_gate", lambda: verified.append("gate"))
-    monkeypatch.setattr(installer, "_require_istiod_env", lambda: verified.append("istiod env"))
-    monkeypatch.setattr(installer, "_require_xds_accepted", lambda: verified.append("xds accepted"))
-    monkeypatch.setattr(installer, "_tenant_namespaces", lambda: applied.append("Namespace"))
-    installer.install()
-    assert commands == []
-    assert "ClusterIssuer" not in applied and "Certificate" not in applied
-    assert verified == ["gate", "istiod env", "xds accepted"]
-    assert state["created"] == {"namespaces": [], "istio": False, "signer_objects": False, "cert_manager": False,
-                                "system_namespaces": []}
 
 
 def test_uninstall_removes_only_what_was_created_newest_first(tmp_path, monkeypatch):

@@ -24,9 +24,9 @@ def test_default_topology_is_the_istio_task():
 
 def test_pairs_are_every_client_against_every_server_with_signer_equality():
     pairs = {p.id: p for p in default_topology().pairs()}
-    assert set(pairs) == {"foo->foo", "foo->bar", "bar->foo", "bar->bar"}
-    assert pairs["foo->foo"].same_signer and not pairs["foo->bar"].same_signer
-    assert pairs["foo->bar"].client.role is Role.CLIENT and pairs["foo->bar"].server.role is Role.SERVER
+    assert set(pairs) == {"foo-to-foo", "foo-to-bar", "bar-to-foo", "bar-to-bar"}
+    assert pairs["foo-to-foo"].same_signer and not pairs["foo-to-bar"].same_signer
+    assert pairs["foo-to-bar"].client.role is Role.CLIENT and pairs["foo-to-bar"].server.role is Role.SERVER
 
 
 def test_tenants_sharing_a_signer_make_same_signer_pairs():
@@ -39,7 +39,7 @@ def test_a_tenant_without_client_has_no_outgoing_pairs():
     topology = from_document({"signers": ["s", "t"], "tenants": [
         {"namespace": "a", "signer": "s", "workloads": ["httpbin"]},
         {"namespace": "b", "signer": "t"}]}, source="t")
-    assert sorted(p.id for p in topology.pairs()) == ["b->a", "b->b"]
+    assert sorted(p.id for p in topology.pairs()) == ["b-to-a", "b-to-b"]
 
 
 def test_generated_topology_has_one_signer_per_tenant():

@@ -1,0 +1,16 @@
+"""The cluster shows none of the misconfigurations the suite can name (the diagnoses of a failed run)."""
+
+from custom_ca_conformance.diagnoses import diagnose
+from custom_ca_conformance.evidence_collection import collect_evidence
+from custom_ca_conformance.messages import mismatch
+from custom_ca_conformance.vocabulary import Stage
+
+
+def test_the_cluster_shows_none_of_the_known_faults(mesh, topology):
+    evidence = collect_evidence(mesh.api_client, topology, Stage.READY, mesh.csr_records())
+    found = diagnose(topology, evidence)
+    assert not found, mismatch(
+        "no known fault in the evidence (signers sign, istiod may approve them, caCertificates hold each "
+        "signer's own root, ProxyConfigs applied, istiod running, no ACK ERROR)",
+        "\n            ".join(d.line() for d in found),
+        "; ".join(sorted({d.look_at for d in found})))

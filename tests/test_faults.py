@@ -1,0 +1,228 @@
+"""Each named diagnosis, from a real fault injected into a real local run.
+
+Every test starts a local node (the same LocalProvider users run), injects one
+misconfiguration through the ``adjust`` hook provisioning offers (the rendered objects are
+changed before they are applied, so the cluster really is misconfigured), and asserts that
+provisioning stops naming that cause. The last test runs the installed conformance suite
+through pytest with a fault and checks how the run reports it: once, no traceback, the
+tests that need less still run, and the evidence is still there afterwards.
+
+They need root and the built toolchain and images (``python -m custom_ca_conformance.machine_setup``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from custom_ca_conformance import diagnoses, pki
+from custom_ca_conformance.errors import ProvisioningError
+from custom_ca_conformance.localplane import node
+from custom_ca_conformance.providers.base import ProviderSettings
+from custom_ca_conformance.providers.local import LocalProvider
+from custom_ca_conformance.topology import CERT_MANAGER_NAMESPACE, ca_secret_name, default_topology, from_document
+
+# One node per machine: keep these with the node self-tests on one xdist worker.
+pytestmark = pytest.mark.xdist_group("node")
+
+# The controllers of fixtures/gosrc/cert-manager-controller without the CA issuer's CSR signer.
+CONTROLLERS_WITHOUT_CSR_CA_SIGNER = ",".join([
+    "issuers", "clusterissuers", "certificaterequests-approver", "certificaterequests-issuer-ca",
+    "certificaterequests-issuer-selfsigned", "certificates-trigger", "certificates-issuing",
+    "certificates-key-manager", "certificates-request-manager", "certificates-readiness",
+    "certificates-revision-manager", "certificatesigningrequests-issuer-selfsigned",
+])
+
+
+@pytest.fixture(scope="module")
+def local_provider_available():
+    from custom_ca_conformance.errors import ProviderUnavailable
+
+    try:
+        LocalProvider(ProviderSettings(topology=default_topology())).check_requirements()
+    except ProviderUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)
+        pytest.skip(f"the local provider cannot run here: {exc}")
+
+
+def provision_with_fault(tmp_path: Path, fault, topology=None) -> ProvisioningError:
+    """Provision a fresh local node with ``fault`` as the adjust hook; return the error it must end in."""
+    lines: list[str] = []
+    settings = ProviderSettings(topology=topology or default_topology(), workdir=tmp_path / "work",
+                                adjust=fault, progress=lines.append)
+    provider = LocalProvider(settings)
+    provider.check_requirements()
+    try:
+        provider.provision()
+    except ProvisioningError as exc:
+        return exc
+    finally:
+        node_dir = provider.state.get("node_workdir")
+        provider.teardown(provider.state)
+        assert not node_dir or node.leftovers(Path(node_dir)) == {}, node.leftovers(Path(node_dir))
+    pytest.fail("provisioning succeeded although a fault was injected; steps:\n" + "\n".join(lines), pytrace=False)
+
+
+def named(error: ProvisioningError) -> set[tuple[str, str]]:
+    return {(d.kind, d.subject) for d in error.diagnoses}
+
+
+def explain(error: ProvisioningError) -> str:
+    return f"diagnoses: {sorted(named(error))}\nerror: {error}"
+
+
+def _operator_env(operator: dict) -> list[dict]:
+    return operator["spec"]["components"]["pilot"]["k8s"]["env"]
+
+
+def _set_istiod_env(operator: dict, name: str, value: str | None) -> None:
+    env = [e for e in _operator_env(operator) if e["name"] != name]
+    if value is not None:
+        env.append({"name": name, "value": value})
+    operator["spec"]["components"]["pilot"]["k8s"]["env"] = env
+
+
+# --- faults in the signers ----------------------------------------------------------------------
+
+
+def test_a_signer_that_never_signs_is_named(local_provider_available, tmp_path):
+    def fault(kind, value):
+        if kind == "cert-manager":
+            for obj in value:
+                if obj["kind"] == "Deployment":
+                    container = obj["spec"]["template"]["spec"]["containers"][0]
+                    container["args"].append(f"--controllers={CONTROLLERS_WITHOUT_CSR_CA_SIGNER}")
+
+    error = provision_with_fault(tmp_path, fault)
+    assert (diagnoses.KIND_SIGNER_NOT_SIGNING, "clusterissuers.cert-manager.io/istio-system") in named(error), \
+        explain(error)
+
+
+def test_a_signer_without_a_published_root_is_named(local_provider_available, tmp_path):
+    """bar's CA Secret holds only its key pair (no ca.crt), and cert-manager's CA issuer sends no root."""
+    own_ca = pki.make_self_signed_ca("bar root without ca.crt")
+
+    def fault(kind, value):
+        if kind == "signers":
+            value[:] = [o for o in value if o["metadata"]["name"] not in ("bar-ca", "selfsigned-bar-issuer")]
+            value.append({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                          "metadata": {"name": ca_secret_name("bar"), "namespace": CERT_MANAGER_NAMESPACE},
+                          "stringData": {"tls.crt": own_ca.cert_pem, "tls.key": own_ca.key_pem}})
+
+    error = provision_with_fault(tmp_path, fault)
+    assert (diagnoses.KIND_CHAIN_WITHOUT_ROOT, "bar") in named(error), explain(error)
+
+
+# --- faults in istiod's configuration -------------------------------------------------------------
+
+
+def test_mesh_config_and_rbac_faults_are_named_per_signer(local_provider_available, tmp_path):
+    """One mesh, three broken tenants: each cause is named for its own signer, none for the healthy foo."""
+    topology = from_document({
+        "defaultSigner": "istio-system", "signers": ["istio-system", "foo", "bar", "baz", "qux"],
+        "tenants": [{"namespace": n, "signer": n} for n in ("foo", "bar", "baz", "qux")]}, source="fault topology")
+    qux = topology.signer_name("qux")
+
+    def fault(kind, value):
+        if kind != "istio-operator":
+            return
+        spec = value["spec"]
+        entries = spec["meshConfig"]["caCertificates"]
+        by_signer = {e["certSigners"][0]: e for e in entries}
+        by_signer[topology.signer_name("baz")]["pem"] = by_signer[topology.signer_name("foo")]["pem"]
+        entries.remove(by_signer[topology.signer_name("bar")])
+        spec["values"]["global"]["certSigners"].remove(qux)
+        spec["components"]["pilot"]["k8s"]["overlays"][0]["patches"][0]["value"]["resourceNames"].remove(qux)
+
+    error = provision_with_fault(tmp_path, fault, topology)
+    found = named(error)
+    assert (diagnoses.KIND_CA_CERTIFICATES_MISSING, "bar") in found, explain(error)
+    assert (diagnoses.KIND_CA_CERTIFICATES_WRONG_ROOT, "baz") in found, explain(error)
+    wrong_root = next(d for d in error.diagnoses if d.kind == diagnoses.KIND_CA_CERTIFICATES_WRONG_ROOT)
+    assert "foo" in wrong_root.cause, wrong_root.cause
+    assert (diagnoses.KIND_APPROVAL_FORBIDDEN, qux) in found, explain(error)
+    assert not [d for d in error.diagnoses if d.subject in ("foo", topology.signer_name("foo"))], explain(error)
+
+
+def test_a_wrong_signer_domain_is_named(local_provider_available, tmp_path):
+    error = provision_with_fault(tmp_path, lambda kind, value: kind == "istio-operator" and _set_istiod_env(
+        value, "CERT_SIGNER_DOMAIN", "signers.example.com"))
+    assert diagnoses.KIND_SIGNER_DOMAIN_WRONG in {kind for kind, _ in named(error)}, explain(error)
+
+
+def test_an_istiod_that_exits_is_named_with_its_last_lines(local_provider_available, tmp_path):
+    # PILOT_CERT_PROVIDER=kubernetes is fatal at istiod's start (upstream facts §1.6).
+    error = provision_with_fault(tmp_path, lambda kind, value: kind == "istio-operator" and _set_istiod_env(
+        value, "PILOT_CERT_PROVIDER", "kubernetes"))
+    crashed = [d for d in error.diagnoses if d.kind == diagnoses.KIND_ISTIOD_CRASHED]
+    assert crashed and crashed[0].evidence, explain(error)
+
+
+def test_a_missing_proxy_config_is_named_for_its_tenant(local_provider_available, tmp_path):
+    def fault(kind, value):
+        if kind == "proxy-configs":
+            value[:] = [o for o in value if o["metadata"]["namespace"] != "bar"]
+
+    error = provision_with_fault(tmp_path, fault)
+    assert (diagnoses.KIND_PROXY_CONFIG_NOT_APPLIED, "bar") in named(error), explain(error)
+
+
+def test_configuration_the_sidecars_reject_is_named(local_provider_available, tmp_path):
+    """Without these settings istiod sends the vanilla Envoy filters it does not have: it NACKs them."""
+    def fault(kind, value):
+        if kind == "istio-operator":
+            for name in ("PILOT_ENABLE_METADATA_EXCHANGE", "PILOT_ENABLE_ALPN_FILTER"):
+                _set_istiod_env(value, name, None)
+
+    error = provision_with_fault(tmp_path, fault)
+    assert diagnoses.KIND_ENVOY_REJECTED_CONFIG in {kind for kind, _ in named(error)}, explain(error)
+
+
+# --- how a pytest run reports a setup fault ------------------------------------------------------------
+
+
+FAULT_PLUGIN = textwrap.dedent('''
+    def pytest_custom_ca_adjust(kind, value, config):
+        """The istio.io task's step 'CERT_SIGNER_DOMAIN' forgotten."""
+        if kind == "istio-operator":
+            env = value["spec"]["components"]["pilot"]["k8s"]["env"]
+            env[:] = [e for e in env if e["name"] != "CERT_SIGNER_DOMAIN"]
+''')
+
+
+def test_a_setup_fault_is_reported_once_and_the_tests_that_need_less_still_run(
+        local_provider_available, pytester, monkeypatch):
+    pytester.makepyfile(fault_plugin=FAULT_PLUGIN)
+    monkeypatch.setenv("PYTHONPATH", f"{pytester.path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    report_dir = pytester.path / "reports"
+    result = pytester.runpytest_subprocess(
+        "-p", "fault_plugin", "--pyargs", "custom_ca_conformance.conformance", "--cluster", "local",
+        "-m", "not signer", "-n", "2", "--report-dir", str(report_dir), "-p", "no:cacheprovider", timeout=900)
+    output = result.stdout.str() + result.stderr.str()
+
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output[-3000:]
+    assert "INTERNALERROR" not in output and "Traceback" not in output, output[-3000:]
+    assert output.count("likely cause:") == 1, output[-3000:]
+    assert "signer domain" in output.lower(), output[-3000:]
+
+    report = json.loads((report_dir / "report.json").read_text())
+    outcomes = {r["nodeid"]: r["outcome"] for r in report["records"]}
+    rbac = {n: o for n, o in outcomes.items() if "test_rbac.py" in n}
+    assert rbac and set(rbac.values()) == {"passed"}, rbac
+    blocked = {n for n, o in outcomes.items() if o == "blocked"}
+    assert any("test_connectivity.py" in n for n in blocked), outcomes
+    assert outcomes.get("custom-ca::setup") == "failed", outcomes
+
+    failure = report["run"]["setup_failure"] if "run" in report else report["setup_failure"]
+    kinds = {d["kind"] for d in failure["diagnoses"]}
+    assert diagnoses.KIND_SIGNER_DOMAIN_MISSING in kinds, failure
+    evidence = report_dir / "evidence"
+    assert f"evidence kept in {evidence}" in output, output[-3000:]
+    assert (evidence / "provision.log").is_file() and (evidence / "evidence" / "evidence.json").is_file()
+    assert list((evidence / "node-logs").glob("kubelet*")), sorted(p.name for p in evidence.iterdir())
+    assert node.leftovers() == {}, node.leftovers()

@@ -1,0 +1,533 @@
+"""Self-tests of the reports: the pure part (fixtures/reports.py) directly, the hooks through pytester.
+
+The pytester runs follow tests/test_plugin.py: a real ``python -m pytest`` subprocess in
+pytester's directory, the plugin loaded through its entry point, PATH holding only ``python``
+(nothing can be provisioned). Their test files put the ``custom_ca_probe`` user property on
+their nodes themselves, or get it from the real ``probe`` fixture over a fake mesh.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from custom_ca_conformance import reports
+from custom_ca_conformance.reports import (AS_EXPECTED, NOT_RUN, UNEXPECTED, PairSpec, Phase, RecordCollector,
+                                           RunFacts, RunReport)
+from custom_ca_conformance.session import STATE_ENV
+
+pytest_plugins = ("pytester",)
+
+SVG = "{http://www.w3.org/2000/svg}"
+TENANTS = ("foo", "bar")
+
+
+# --- builders ------------------------------------------------------------------------------------
+
+
+def probe_property(client: str, server: str, seen: str | None = None) -> tuple[str, dict]:
+    expected = reports.expected_outcome(client == server)
+    return (reports.PROBE_PROPERTY, {
+        "pair": f"{client}-to-{server}", "client": client, "server": server, "expected": expected,
+        "seen": seen or expected, "reason": f"reason {client} {server}", "evidence": "client istio-proxy access log",
+    })
+
+
+DIAGNOSIS = {"kind": "signer-not-signing", "subject": "clusterissuers.cert-manager.io/bar",
+             "cause": "the bar signer never signed istiod's CSR", "evidence": ["csr-1 Approved, no certificate"],
+             "fix": "check the ClusterIssuer bar", "look_at": "kubectl get csr"}
+
+
+def pair_specs(*tenants: str) -> tuple[PairSpec, ...]:
+    return tuple(PairSpec(f"{c}-to-{s}", c, s, reports.expected_outcome(c == s)) for c in tenants for s in tenants)
+
+
+def sample_report() -> RunReport:
+    """foo/bar: foo->foo ok, foo->bar verify-fail, bar->foo a mismatch (ok), bar->bar not run."""
+    collector = RecordCollector()
+    tests = [
+        ("conformance/test_connectivity.py::test_mtls[foo-to-foo]", "passed", [probe_property("foo", "foo")]),
+        ("conformance/test_connectivity.py::test_mtls[foo-to-bar]", "passed", [probe_property("foo", "bar")]),
+        ("conformance/test_connectivity.py::test_mtls[bar-to-foo]", "failed",
+         [probe_property("bar", "foo", "ok"), (reports.DIAGNOSES_PROPERTY, [DIAGNOSIS])]),
+    ]
+    for nodeid, outcome, properties in tests:
+        collector.add(nodeid, Phase("setup", "passed", 0.25))
+        collector.add(nodeid, Phase("call", outcome, 1.0, message="AssertionError: \n  expected: x" if
+                                    outcome == "failed" else ""), properties)
+        collector.add(nodeid, Phase("teardown", "passed", 0.25), properties)
+    collector.add("conformance/test_rbac.py::test_istiod_may_approve[bar]",
+                  Phase("setup", "skipped", message="blocked: the bar signer is not installed"))
+    collector.add("conformance/test_csr.py::test_csr_is_approved", Phase("call", "passed", 0.5))
+    facts = RunFacts.from_dict({
+        "provider": "kind", "versions": {"istio": "1.24.1", "cert-manager": "v1.16.2"},
+        "phases": [{"name": "cluster", "seconds": 30.0}, {"name": "istio", "seconds": 12.5}],
+        "setup_failure": None, "evidence_dir": None,
+    })
+    return RunReport(collector.records(), facts, pair_specs(*TENANTS), exitstatus=1)
+
+
+# --- tiers and outcomes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("nodeid", "tier"), [
+    ("conformance/test_connectivity.py::test_mtls[foo->bar]", "connectivity"),
+    ("conformance/test_signer_contract.py::test_x[cert-manager]", "signer_contract"),
+    ("../site-packages/custom_ca_conformance/conformance/test_csr.py::test_y", "csr"),
+    ("test_rbac.py::test_z", "rbac"),
+    ("custom-ca::setup", "setup"),
+    ("::custom-ca::setup", "setup"),
+    ("tests/test_plugin.py::test_markers_are_registered", "other"),
+    ("conformance/rbac.py::test_z", "other"),
+])
+def test_tier_is_the_conformance_module_name(nodeid, tier):
+    assert reports.tier_of(nodeid) == tier
+
+
+@pytest.mark.parametrize(("phases", "outcome"), [
+    ([Phase("setup", "passed"), Phase("call", "passed"), Phase("teardown", "passed")], "passed"),
+    ([Phase("setup", "passed"), Phase("call", "failed"), Phase("teardown", "passed")], "failed"),
+    ([Phase("setup", "failed"), Phase("teardown", "passed")], "error"),
+    ([Phase("setup", "skipped", message="needs ed25519"), Phase("teardown", "passed")], "skipped"),
+    ([Phase("setup", "skipped", message="blocked: provisioning failed"), Phase("teardown", "passed")], "blocked"),
+    ([Phase("setup", "passed"), Phase("call", "skipped", message="blocked: no mesh")], "blocked"),
+    ([Phase("setup", "passed"), Phase("call", "skipped", xfail=True, message="known")], "xfailed"),
+    ([Phase("setup", "passed"), Phase("call", "passed", xfail=True, message="known")], "xpassed"),
+    ([Phase("setup", "passed"), Phase("call", "passed"), Phase("teardown", "failed")], "error"),
+    ([Phase("call", "failed")], "failed"),  # e.g. the custom-ca::setup report
+])
+def test_each_test_counts_once_with_the_deciding_phase(phases, outcome):
+    assert reports.outcome_of(phases) == outcome
+
+
+def test_collector_makes_one_record_per_test_with_all_its_properties():
+    collector = RecordCollector()
+    nodeid = "conformance/test_connectivity.py::test_mtls[foo-to-foo]"
+    collector.add(nodeid, Phase("setup", "passed", 0.5), [])
+    collector.add(nodeid, Phase("call", "passed", 1.0), [probe_property("foo", "foo")])
+    collector.add(nodeid, Phase("teardown", "passed", 0.5), [probe_property("foo", "foo")])
+    collector.add("custom-ca::setup", Phase("call", "failed", message="istio: install failed\nmore"),
+                  [(reports.DIAGNOSES_PROPERTY, [DIAGNOSIS]), ("other", 1)])
+    mtls, setup = collector.records()  # sorted by nodeid
+    assert (setup.tier, setup.outcome, setup.diagnoses) == ("setup", "failed", (DIAGNOSIS,))
+    assert setup.message.startswith("istio: install failed")
+    assert (mtls.tier, mtls.outcome, mtls.duration) == ("connectivity", "passed", 2.0)
+    assert [p.pair for p in mtls.probes] == ["foo-to-foo"]
+
+
+def test_properties_only_one_report_has_are_kept_and_repeated_probes_counted():
+    # The diagnosis hook adds to the call report only; the teardown report has the node's list.
+    collector = RecordCollector()
+    nodeid = "conformance/test_connectivity.py::test_mtls[bar-to-foo]"
+    probe = probe_property("bar", "foo", "ok")
+    collector.add(nodeid, Phase("setup", "passed"), [])
+    collector.add(nodeid, Phase("call", "failed"), [probe, probe, (reports.DIAGNOSES_PROPERTY, [DIAGNOSIS])])
+    collector.add(nodeid, Phase("teardown", "passed"), [probe, probe])
+    (record,) = collector.records()
+    assert len(record.probes) == 2 and record.diagnoses == (DIAGNOSIS,)
+
+
+# --- matrix --------------------------------------------------------------------------------------
+
+
+def test_matrix_has_a_cell_per_pair_with_mismatch_and_not_run():
+    grid = reports.matrix(sample_report().records, pair_specs(*TENANTS))
+    assert (grid.clients, grid.servers) == (TENANTS, TENANTS)
+    states = {key: cell.state for key, cell in grid.cells.items()}
+    assert states == {("foo", "foo"): AS_EXPECTED, ("foo", "bar"): AS_EXPECTED,
+                      ("bar", "foo"): UNEXPECTED, ("bar", "bar"): NOT_RUN}
+    mismatch = grid.cell("bar", "foo")
+    assert (mismatch.expected, mismatch.seen, mismatch.symbol) == ("tls-verify-failed", ("ok",), "ok!")
+    assert grid.cell("foo", "bar").symbol == "verify-fail"
+    assert grid.cell("bar", "bar").symbol == "-" and grid.cell("bar", "bar").expected == "ok"
+
+
+def test_matrix_without_topology_pairs_uses_the_probed_tenants():
+    grid = reports.matrix(sample_report().records)
+    assert set(grid.clients) == set(grid.servers) == set(TENANTS)
+    assert grid.cell("bar", "bar").expected is None and grid.cell("bar", "bar").state == NOT_RUN
+
+
+def test_a_pair_seen_differently_by_two_tests_is_not_as_expected():
+    collector = RecordCollector()
+    collector.add("test_connectivity.py::test_a", Phase("call", "passed"), [probe_property("foo", "foo")])
+    collector.add("test_connectivity.py::test_b", Phase("call", "failed"),
+                  [probe_property("foo", "foo", "connection-failure")])
+    cell = reports.matrix(collector.records()).cell("foo", "foo")
+    assert cell.state == UNEXPECTED and cell.seen == ("ok", "connection-failure")
+    assert cell.symbol == "ok/conn-fail!" and cell.reason == "reason foo foo"
+
+
+def test_totals_per_tier_and_all():
+    counts = reports.totals(sample_report().records)
+    assert list(counts) == ["connectivity", "csr", "rbac", "all"]
+    assert (counts["connectivity"]["passed"], counts["connectivity"]["failed"]) == (2, 1)
+    assert counts["rbac"]["blocked"] == 1
+    assert counts["all"] == {"passed": 3, "failed": 1, "error": 0, "skipped": 0, "blocked": 1,
+                             "xfailed": 0, "xpassed": 0}
+
+
+# --- terminal ------------------------------------------------------------------------------------
+
+
+def test_terminal_lines_show_versions_phases_matrix_totals_and_diagnoses():
+    text = reports.plain_text(reports.terminal_lines(sample_report(), colour=False,
+                                                     written=[Path("/r/report.json")]))
+    lines = text.splitlines()
+    assert "versions: istio 1.24.1, cert-manager v1.16.2" in lines
+    assert "setup phases: cluster 30.0s, istio 12.5s (total 42.5s)" in lines
+    assert "  client\\server  foo  bar" in lines
+    assert "  foo            ok   verify-fail" in lines
+    assert "  bar            ok!  -" in lines
+    assert "  ! bar-to-foo: expected tls-verify-failed, seen ok (reason bar foo)" in lines
+    assert "  connectivity  2 passed  1 failed  0 skipped  0 blocked" in lines
+    assert "  all           3 passed  1 failed  0 skipped  1 blocked" in lines
+    assert ("  conformance/test_connectivity.py::test_mtls[bar-to-foo]: "
+            "[signer-not-signing] the bar signer never signed istiod's CSR") in lines
+    assert lines[-1] == "reports: /r/report.json"
+
+
+def test_terminal_lines_colour_mismatches_red_and_matches_green():
+    lines = reports.terminal_lines(sample_report(), colour=True)
+    segments = {text: markup for line in lines for text, markup in line if text.strip()}
+    assert segments["ok!"] == {"red": True, "bold": True}
+    assert segments["verify-fail"] == {"green": True}
+    plain = reports.terminal_lines(sample_report(), colour=False)
+    assert all(markup == {} for line in plain for _, markup in line)
+
+
+def test_short_terminal_lines_are_the_matrix_and_the_totals():
+    lines = reports.plain_text(reports.terminal_lines(sample_report(), colour=False, short=True)).splitlines()
+    assert lines[0].startswith("  client\\server")
+    assert len(lines) == 1 + len(TENANTS) + len(reports.totals(sample_report().records))
+    assert not any(line.startswith(("versions:", "setup phases:", "reports:")) for line in lines)
+
+
+def test_setup_failure_is_reported_with_its_first_line_and_diagnoses():
+    facts = RunFacts.from_dict({"provider": "kind", "versions": {"istio": None}, "phases": [],
+                                "setup_failure": {"stage": "istio", "message": "istioctl install failed\ntrace",
+                                                  "diagnoses": [DIAGNOSIS]},
+                                "evidence_dir": "/r/evidence"})
+    report = RunReport((), facts, pair_specs("foo"))
+    text = reports.plain_text(reports.terminal_lines(report, colour=False))
+    assert "versions: istio unknown" in text
+    assert "setup failed at istio: istioctl install failed\n  [signer-not-signing] the bar" in text
+    assert "evidence: /r/evidence" in text
+    assert "### Setup failed" in reports.markdown(report)
+    reports.validate_document(reports.json_document(report))
+
+
+# --- JSON, Markdown, SVG, files --------------------------------------------------------------------
+
+
+def test_json_document_validates_and_has_one_record_per_test():
+    report = sample_report()
+    document = reports.json_document(report)
+    reports.validate_document(document)
+    jsonschema.Draft202012Validator.check_schema(reports.REPORT_SCHEMA)
+    assert document["schema_version"] == 1
+    assert document["versions"] == {"istio": "1.24.1", "cert-manager": "v1.16.2"}
+    nodeids = [test["nodeid"] for test in document["tests"]]
+    assert nodeids == sorted(nodeids) and len(nodeids) == len(set(nodeids)) == 5
+    mismatch = next(t for t in document["tests"] if t["nodeid"].endswith("[bar-to-foo]"))
+    assert (mismatch["tier"], mismatch["outcome"], mismatch["duration"]) == ("connectivity", "failed", 1.5)
+    assert (mismatch["pair"], mismatch["expected"], mismatch["seen"]) == ("bar-to-foo", "tls-verify-failed", "ok")
+    assert mismatch["evidence"] == "client istio-proxy access log"
+    assert mismatch["diagnoses"] == [DIAGNOSIS]
+    blocked = next(t for t in document["tests"] if t["tier"] == "rbac")
+    assert (blocked["outcome"], blocked["pair"], blocked["probes"]) == ("blocked", None, [])
+    assert {(c["client"], c["server"]): c["state"] for c in document["matrix"]["cells"]}[("bar", "bar")] == NOT_RUN
+    json.dumps(document)
+
+
+def test_a_document_off_the_schema_is_refused_naming_the_field():
+    document = reports.json_document(sample_report())
+    document["tests"][0]["outcome"] = "sort of"
+    with pytest.raises(reports.ReportError, match=r"report\.json: tests\[0\]\.outcome: 'sort of' is not one of"):
+        reports.validate_document(document)
+
+
+def test_markdown_has_the_matrix_table_and_the_totals():
+    text = reports.markdown(sample_report())
+    assert text.startswith("## custom-ca conformance: 3 passed, 1 failed, 1 blocked\n")
+    assert "| client \\ server | **foo** | **bar** |" in text
+    assert "| **foo** | ✅ ok | ✅ verify-fail |" in text
+    assert "| **bar** | ❌ ok (expected verify-fail) | ⬜ not run |" in text
+    assert "| connectivity | 2 | 1 | 0 | 0 | 0 | 0 | 0 |" in text
+    assert "| **total** | **42.5** |" in text
+    assert "- `conformance/test_connectivity.py::test_mtls[bar-to-foo]` (failed): AssertionError:" in text
+    assert "**[signer-not-signing]** the bar signer never signed istiod's CSR — fix: check" in text
+
+
+def test_svg_parses_with_a_coloured_cell_per_pair():
+    root = ET.fromstring(reports.svg(sample_report()))
+    assert root.tag == f"{SVG}svg"
+    assert "istio 1.24.1" in root.find(f"{SVG}title").text
+    cells = [r for r in root.iter(f"{SVG}rect") if r.get("class") == "cell"]
+    assert len(cells) == len(TENANTS) ** 2
+    colours = {(c.get("data-client"), c.get("data-server")): c.get("fill") for c in cells}
+    assert colours == {("foo", "foo"): reports.CELL_COLOURS[AS_EXPECTED],
+                       ("foo", "bar"): reports.CELL_COLOURS[AS_EXPECTED],
+                       ("bar", "foo"): reports.CELL_COLOURS[UNEXPECTED],
+                       ("bar", "bar"): reports.CELL_COLOURS[NOT_RUN]}
+    assert reports.CELL_COLOURS[AS_EXPECTED] != reports.CELL_COLOURS[UNEXPECTED] != reports.CELL_COLOURS[NOT_RUN]
+    labels = [t.text for t in root.iter(f"{SVG}text")]
+    assert labels.count("foo") == 2 and labels.count("bar") == 2  # a row and a column label each
+    legend = root.find(f".//{SVG}g[@id='legend']")
+    assert {r.get("data-state") for r in legend.iter(f"{SVG}rect")} == {AS_EXPECTED, UNEXPECTED, NOT_RUN}
+
+
+def test_svg_of_a_larger_topology_is_n_by_n():
+    tenants = tuple(f"tenant{i}" for i in range(1, 6))
+    root = ET.fromstring(reports.svg(RunReport((), RunFacts(), pair_specs(*tenants))))
+    cells = [r for r in root.iter(f"{SVG}rect") if r.get("class") == "cell"]
+    assert len(cells) == 25 and {c.get("data-state") for c in cells} == {NOT_RUN}
+
+
+def test_write_reports_writes_the_three_files(tmp_path):
+    written = reports.write_reports(sample_report(), tmp_path / "new" / "dir")
+    assert [p.name for p in written] == ["report.json", "summary.md", "matrix.svg"]
+    reports.validate_document(json.loads(written[0].read_text()))
+    summary = tmp_path / "step-summary.md"
+    summary.write_text("earlier step\n")
+    reports.append_markdown(summary, written[1].read_text())
+    assert summary.read_text().startswith("earlier step\n## custom-ca conformance:")
+
+
+def test_diagnoses_may_come_as_diagnosis_objects():
+    from custom_ca_conformance.evidence import Diagnosis
+
+    diagnosis = Diagnosis(**{**DIAGNOSIS, "evidence": tuple(DIAGNOSIS["evidence"])})
+    facts = RunFacts.from_dict({"setup_failure": {"stage": "signers", "message": "m", "diagnoses": [diagnosis]}})
+    assert facts.setup_failure.diagnoses == (DIAGNOSIS,)
+    assert reports.diagnoses_from([(reports.DIAGNOSES_PROPERTY, [diagnosis, "junk"])]) == (DIAGNOSIS,)
+    assert reports.diagnosis_line(DIAGNOSIS) == diagnosis.line()
+
+
+def test_run_facts_tolerate_absence():
+    assert RunFacts.from_dict(None) == RunFacts.from_dict({}) == RunFacts()
+    assert RunFacts().setup_seconds == 0
+
+
+# --- the hooks, through pytester ------------------------------------------------------------------
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path_factory):
+    """Run ``python -m pytest ARGS`` in pytester's directory, as tests/test_plugin.py does."""
+    bare = tmp_path_factory.mktemp("bin")
+    (bare / "python").symlink_to(sys.executable)
+    for name in (STATE_ENV, "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID",
+                 "KUBECONFIG", "GITHUB_STEP_SUMMARY", "PYTEST_ADDOPTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PATH", str(bare))
+    monkeypatch.setenv("TMPDIR", str(tmp_path_factory.mktemp("tmpdir")))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+
+    def run_pytest(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cluster", "local", *args, timeout=120)
+
+    return run_pytest
+
+
+def output(result: pytest.RunResult) -> str:
+    return "\n".join(result.outlines + result.errlines)
+
+
+def assert_clean(result: pytest.RunResult) -> None:
+    text = output(result)
+    assert "Traceback" not in text and "INTERNALERROR" not in text, text
+    assert "custom-ca: provisioning" not in text, text
+
+
+@pytest.fixture
+def probe_tests(pytester: pytest.Pytester) -> None:
+    """Tiers connectivity and rbac: foo->bar is not as expected, bar->bar is not run, one test is blocked."""
+    pytester.makepyfile(test_connectivity=textwrap.dedent("""
+        import pytest
+
+        SEEN = {("foo", "foo"): "ok", ("foo", "bar"): "ok", ("bar", "foo"): "tls-verify-failed"}
+
+        @pytest.mark.parametrize(("client", "server"), sorted(SEEN), ids=lambda v: v)
+        def test_mtls(request, client, server):
+            expected = "ok" if client == server else "tls-verify-failed"
+            seen = SEEN[(client, server)]
+            request.node.user_properties.append(("custom_ca_probe", {
+                "pair": f"{client}-to-{server}", "client": client, "server": server,
+                "expected": expected, "seen": seen, "reason": "HTTP 200" if seen == "ok" else "VERIFY_FAILED",
+                "evidence": "client istio-proxy access log"}))
+            if seen != expected:
+                request.node.user_properties.append(("custom_ca_diagnoses", [{
+                    "kind": "shared-root", "subject": "bar", "cause": "bar trusts foo's root", "evidence": ["x"],
+                    "fix": "split the roots", "look_at": "meshConfig.caCertificates"}]))
+            assert seen == expected
+        """))
+    pytester.makepyfile(test_rbac=textwrap.dedent("""
+        import pytest
+
+        def test_approve():
+            pass
+
+        def test_blocked():
+            pytest.skip("blocked: the mesh was not provisioned")
+        """))
+
+
+def read_report(directory: Path) -> dict:
+    document = json.loads((directory / "report.json").read_text())
+    reports.validate_document(document)
+    return document
+
+
+def test_report_dir_gets_the_three_files_and_the_terminal_a_summary(run, probe_tests, pytester):
+    result = run("--report-dir", "out")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
+    assert_clean(result)
+    out = pytester.path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["matrix.svg", "report.json", "summary.md"]
+    document = read_report(out)
+    assert len(document["tests"]) == 5 and document["exitstatus"] == 1
+    outcomes = {t["nodeid"]: t["outcome"] for t in document["tests"]}
+    assert outcomes["test_rbac.py::test_blocked"] == "blocked"
+    assert outcomes["test_connectivity.py::test_mtls[foo-bar]"] == "failed"
+    failed = next(t for t in document["tests"] if t["outcome"] == "failed")
+    assert failed["seen"] == "ok" and failed["diagnoses"][0]["kind"] == "shared-root"
+    ET.fromstring((out / "matrix.svg").read_text())
+    result.stdout.fnmatch_lines([
+        "*= custom-ca summary =*",
+        "versions: *",
+        "matrix (rows: client tenant, columns: server tenant):",
+        "  client\\server  foo*bar",
+        "  foo            ok*ok!",
+        "  bar            verify-fail  -",  # the default topology's foo/bar: bar->bar was not probed
+        "*! foo-to-bar: expected tls-verify-failed, seen ok (HTTP 200)",
+        "totals:",
+        "  connectivity  2 passed  1 failed  0 skipped  0 blocked",
+        "  rbac          1 passed  0 failed  0 skipped  1 blocked",
+        "  all           3 passed  1 failed  0 skipped  1 blocked",
+        "diagnoses:",
+        "  test_connectivity.py::test_mtls[[]foo-bar[]]: [[]shared-root[]] bar trusts foo's root",
+        f"reports: {out / 'report.json'}, {out / 'summary.md'}, {out / 'matrix.svg'}",
+    ])
+
+
+def test_without_a_report_dir_nothing_is_written_or_printed(run, probe_tests, pytester, monkeypatch):
+    summary = pytester.path.parent / "step-summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    result = run()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
+    assert "custom-ca summary" not in output(result)
+    assert not summary.exists() and not (pytester.path / "custom-ca-report").exists()
+
+
+@pytest.mark.parametrize("option", ["--collect-only", "--fixtures"])
+def test_a_run_that_runs_no_tests_writes_no_reports(run, probe_tests, pytester, option):
+    result = run(option, "--report-dir", "out")
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    assert "custom-ca summary" not in output(result) and not (pytester.path / "out").exists()
+
+
+def test_github_step_summary_is_appended(run, probe_tests, pytester, monkeypatch):
+    summary = pytester.path.parent / "step-summary.md"
+    summary.write_text("# an earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    result = run("--report-dir", "out")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
+    text = summary.read_text()
+    assert text.startswith("# an earlier step\n## custom-ca conformance: 3 passed, 1 failed, 1 blocked\n")
+    assert "| **foo** | ✅ ok | ❌ ok (expected verify-fail) |" in text
+    assert text.count("## custom-ca conformance") == 1
+    assert (pytester.path / "out" / "summary.md").read_text() in text
+
+
+def test_quiet_prints_only_the_matrix_and_the_totals(run, probe_tests):
+    result = run("-q", "--report-dir", "out")
+    text = output(result)
+    section = text.split("custom-ca summary", 1)[1].splitlines()[1:]
+    section = section[:next(i for i, line in enumerate(section) if line.startswith(("=", "FAILED", "SKIPPED")))]
+    assert section == [
+        "  client\\server  foo          bar",
+        "  foo            ok           ok!",
+        "  bar            verify-fail  -",
+        "  connectivity  2 passed  1 failed  0 skipped  0 blocked",
+        "  rbac          1 passed  0 failed  0 skipped  1 blocked",
+        "  all           3 passed  1 failed  0 skipped  1 blocked",
+    ], text
+
+
+def test_colour_marks_the_mismatch_red(run, probe_tests):
+    result = run("--color=yes", "--report-dir", "out")
+    assert "\x1b[31m\x1b[1mok!" in output(result)
+    assert "\x1b[32mverify-fail" in output(result)
+
+
+def test_xdist_workers_records_reach_the_report(run, probe_tests, pytester):
+    result = run("-n", "2", "--report-dir", "out")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
+    assert_clean(result)
+    document = read_report(pytester.path / "out")
+    assert len(document["tests"]) == 5
+    assert {t["pair"] for t in document["tests"] if t["tier"] == "connectivity"} == {
+        "foo-to-foo", "foo-to-bar", "bar-to-foo"}
+    states = {(c["client"], c["server"]): c["state"] for c in document["matrix"]["cells"]}
+    assert states == {("foo", "foo"): AS_EXPECTED, ("foo", "bar"): UNEXPECTED,
+                      ("bar", "foo"): AS_EXPECTED, ("bar", "bar"): NOT_RUN}
+    assert "custom-ca summary" in output(result)
+
+
+def test_without_the_terminal_plugin_the_files_are_still_written(run, probe_tests, pytester):
+    result = run("-p", "no:terminal", "--report-dir", "out")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
+    assert "Traceback" not in output(result)
+    assert len(read_report(pytester.path / "out")["tests"]) == 5
+
+
+def test_probe_fixture_and_session_facts_make_the_report(run, pytester):
+    # The real `pair` parametrization and `probe` fixture over a fake mesh; the session's facts stubbed.
+    pytester.makeconftest("""
+        import pytest
+        from custom_ca_conformance.outcomes import Classification, Outcome
+        from custom_ca_conformance.providers.base import ProbeResult
+        from custom_ca_conformance.session import MeshSession
+
+        MeshSession.report_facts = lambda self: {
+            "provider": "local", "versions": {"istio": "1.99.0", "cert-manager": "v9.9.9"},
+            "phases": [{"name": "signers", "seconds": 1.5}, {"name": "istio", "seconds": 2.0}],
+            "setup_failure": None, "evidence_dir": None}
+
+        class FakeMesh:
+            def probe(self, pair):
+                outcome = Outcome.OK if pair.same_signer else Outcome.CONNECTION_FAILURE
+                return ProbeResult(pair, Classification(outcome, f"{outcome.value} reason", "fake log"))
+
+        @pytest.fixture(scope="session")
+        def mesh():
+            return FakeMesh()
+        """)
+    pytester.makepyfile(test_connectivity="""
+        def test_mtls(pair, probe):
+            probe(pair)
+            probe(pair)  # each call is recorded; the result comes from the cache
+        """)
+    result = run("--report-dir", "out")
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    assert_clean(result)
+    document = read_report(pytester.path / "out")
+    assert document["versions"] == {"istio": "1.99.0", "cert-manager": "v9.9.9"}
+    assert [p["name"] for p in document["phases"]] == ["signers", "istio"]
+    assert {len(t["probes"]) for t in document["tests"]} == {2}
+    cross = [t for t in document["tests"] if t["expected"] == "tls-verify-failed"]
+    assert len(cross) == 2 and {t["seen"] for t in cross} == {"connection-failure"}
+    assert {t["evidence"] for t in document["tests"]} == {"fake log"}
+    result.stdout.fnmatch_lines([
+        "provider: local",
+        "versions: istio 1.99.0, cert-manager v9.9.9",
+        "setup phases: signers 1.5s, istio 2.0s (total 3.5s)",
+        "  foo            ok*conn-fail!",
+    ])
