@@ -201,14 +201,15 @@ def run_conformance(label: str, extra: list[str], pairs: int) -> PytestRun:
         run.seconds, code = run_timed(argv, output=output)
         run.summary = _summary_line(output.read_text(errors="replace"))
         run.counts = _counts(run.summary)
+        state_file = workdir / "state.json"
+        state = json.loads(state_file.read_text()).get("state", {}) if state_file.exists() else {}
         check_nothing_left(workdir, f"pytest ({label})")
+        if state.get("node_workdir"):  # the local node lives in a short temp dir of its own
+            check_nothing_left(Path(state["node_workdir"]), f"pytest ({label}), its node")
         if code != 0 or run.counts.get("failed") or run.counts.get("error") or run.counts.get("errors"):
             raise BenchmarkError(f"pytest ({label}) exited {code}: {run.summary or 'no summary line'}\n"
                                  f"--- last lines of its output ---\n{tail(output, 60)}")
-        state_file = workdir / "state.json"
-        if state_file.exists():
-            state = json.loads(state_file.read_text()).get("state", {})
-            run.timings, run.rss = state.get("timings", {}), state.get("sidecar_rss_bytes", {})
+        run.timings, run.rss = state.get("timings", {}), state.get("sidecar_rss_bytes", {})
         log(f"{label}: {run.summary} (wall {run.seconds:.1f}s)")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

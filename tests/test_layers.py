@@ -22,7 +22,7 @@ LIBRARY = Path(__file__).resolve().parents[1] / "fixtures"
 LAYERS = (
     ("records", ("errors", "evidence", "messages", "vocabulary", "hookspecs")),
     ("pure logic and pins", ("topology", "documents", "schemas", "pki", "outcomes", "toolchain",
-                             "reports", "diagnoses")),
+                             "reports", "diagnoses", "posture")),
     ("cluster I/O and rendering", ("kube", "injection", "installers", "tools", "render", "csr_contract",
                                    "signer_profile", "localplane", "images", "signer.reference",
                                    "signer.__main__")),

@@ -26,6 +26,7 @@ TIER_FILES = {
     "test_connectivity.py",
     "test_csr.py",
     "test_rbac.py",
+    "test_posture.py",
     "test_health.py",
     "test_signer_contract.py",
 }
