@@ -24,10 +24,15 @@ from custom_ca_conformance.errors import ProvisioningError
 from custom_ca_conformance.localplane import node
 from custom_ca_conformance.providers.base import ProviderSettings
 from custom_ca_conformance.providers.local import LocalProvider
+from custom_ca_conformance.toolchain import cache_root
 from custom_ca_conformance.topology import CERT_MANAGER_NAMESPACE, ca_secret_name, default_topology, from_document
+
+pytest_plugins = ("pytester",)
 
 # One node per machine: keep these with the node self-tests on one xdist worker.
 pytestmark = pytest.mark.xdist_group("node")
+
+CACHE_ROOT = cache_root()  # read before pytester moves HOME
 
 # The controllers of fixtures/gosrc/cert-manager-controller without the CA issuer's CSR signer.
 CONTROLLERS_WITHOUT_CSR_CA_SIGNER = ",".join([
@@ -199,6 +204,7 @@ def test_a_setup_fault_is_reported_once_and_the_tests_that_need_less_still_run(
         local_provider_available, pytester, monkeypatch):
     pytester.makepyfile(fault_plugin=FAULT_PLUGIN)
     monkeypatch.setenv("PYTHONPATH", f"{pytester.path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("CUSTOM_CA_CONFORMANCE_CACHE", str(CACHE_ROOT))
     report_dir = pytester.path / "reports"
     result = pytester.runpytest_subprocess(
         "-p", "fault_plugin", "--pyargs", "custom_ca_conformance.conformance", "--cluster", "local",
@@ -211,16 +217,15 @@ def test_a_setup_fault_is_reported_once_and_the_tests_that_need_less_still_run(
     assert "signer domain" in output.lower(), output[-3000:]
 
     report = json.loads((report_dir / "report.json").read_text())
-    outcomes = {r["nodeid"]: r["outcome"] for r in report["records"]}
+    outcomes = {r["nodeid"]: r["outcome"] for r in report["tests"]}
     rbac = {n: o for n, o in outcomes.items() if "test_rbac.py" in n}
     assert rbac and set(rbac.values()) == {"passed"}, rbac
     blocked = {n for n, o in outcomes.items() if o == "blocked"}
     assert any("test_connectivity.py" in n for n in blocked), outcomes
     assert outcomes.get("custom-ca::setup") == "failed", outcomes
 
-    failure = report["run"]["setup_failure"] if "run" in report else report["setup_failure"]
-    kinds = {d["kind"] for d in failure["diagnoses"]}
-    assert diagnoses.KIND_SIGNER_DOMAIN_MISSING in kinds, failure
+    kinds = {d["kind"] for d in report["setup_failure"]["diagnoses"]}
+    assert diagnoses.KIND_SIGNER_DOMAIN_MISSING in kinds, report["setup_failure"]
     evidence = report_dir / "evidence"
     assert f"evidence kept in {evidence}" in output, output[-3000:]
     assert (evidence / "provision.log").is_file() and (evidence / "evidence" / "evidence.json").is_file()
