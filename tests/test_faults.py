@@ -207,6 +207,7 @@ def test_a_setup_fault_is_reported_once_and_the_tests_that_need_less_still_run(
     pytester.makepyfile(fault_plugin=FAULT_PLUGIN)
     monkeypatch.setenv("PYTHONPATH", f"{pytester.path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     monkeypatch.setenv("CUSTOM_CA_CONFORMANCE_CACHE", str(CACHE_ROOT))
+    monkeypatch.setenv("CI", "true")  # pytest prints whole failure messages in the short summary on CI
     report_dir = pytester.path / "reports"
     result = pytester.runpytest_subprocess(
         "-p", "fault_plugin", "--pyargs", "custom_ca_conformance.conformance", "--cluster", "local",

@@ -530,6 +530,20 @@ def test_attaching_waits_for_the_machine_lock_of_the_run_using_the_node(running_
     assert node._node_ready_seen(running_node) is None  # and left the node alone
 
 
+def test_stopping_a_directory_where_no_node_ran_leaves_the_running_node_alone(workloads, tmp_path):
+    # What a run whose provisioning never reached the node does at teardown, while another
+    # run's node is up: the bridge, chains and pods are that node's.
+    commands = [command for command in host.IPTABLES_COMMANDS if shutil.which(command)]
+    chains_before = {command: host.our_chains(command) for command in commands}
+
+    assert node.stop_node(tmp_path / "never-started") == []
+
+    assert host.bridge_exists(cni.BRIDGE)
+    assert {command: host.our_chains(command) for command in commands} == chains_before
+    assert node._node_ready_seen(workloads) is None
+    workloads.wait_service_reachable("bar", "httpbin", 8000)
+
+
 def _running(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
