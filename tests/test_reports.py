@@ -8,6 +8,7 @@ their nodes themselves, or get it from the real ``probe`` fixture over a fake me
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import textwrap
@@ -308,6 +309,45 @@ def test_diagnoses_may_come_as_diagnosis_objects():
     assert facts.setup_failure.diagnoses == (DIAGNOSIS,)
     assert reports.diagnoses_from([(reports.DIAGNOSES_PROPERTY, [diagnosis, "junk"])]) == (DIAGNOSIS,)
     assert reports.diagnosis_line(DIAGNOSIS) == diagnosis.line()
+
+
+UPGRADE = {
+    "from": "1.29.6", "to": "1.30.3", "how": "in place", "to_tag": "1.30.3",
+    "before": {"foo-to-foo": {"expected": "ok", "seen": "ok", "detail": "ok"},
+               "foo-to-bar": {"expected": "tls-verify-failed", "seen": "ok", "detail": "ok: HTTP 200"}},
+    "rollout": {"sent": 40, "failed": 1, "unsent": 2, "seconds": 15.0, "failures": ["3.0s foo-to-foo: HTTP 503"]},
+}
+
+
+def upgrade_report() -> RunReport:
+    report = sample_report()
+    facts = dataclasses.replace(report.facts, upgrade=UPGRADE)
+    return dataclasses.replace(report, facts=facts)
+
+
+def test_an_upgrade_run_shows_each_pair_before_and_after_side_by_side():
+    rows = {row.pair: row for row in reports.upgrade_rows(upgrade_report())}
+
+    assert (rows["foo-to-foo"].before, rows["foo-to-foo"].after) == ("ok", "ok")
+    assert (rows["foo-to-bar"].expected, rows["foo-to-bar"].before) == ("tls-verify-failed", "ok")
+    assert (rows["bar-to-bar"].before, rows["bar-to-bar"].after) == ("not run", "not run")
+
+
+def test_an_upgrade_run_is_in_every_report_form():
+    report = upgrade_report()
+    document = reports.json_document(report)
+    reports.validate_document(document)
+    text = reports.plain_text(reports.terminal_lines(report, colour=False))
+    markdown = reports.markdown(report)
+
+    assert document["upgrade"]["rollout"]["failed"] == 1
+    assert {"pair": "foo-to-bar", "expected": "tls-verify-failed", "before": "ok", "after": "tls-verify-failed"} \
+        in document["upgrade"]["pairs"]
+    assert "upgrade Istio 1.29.6 -> 1.30.3 (in place)" in text
+    assert "rollout: 40 requests in 15s, 1 failed, 2 not sent" in text
+    assert "| pair | expected | before (1.29.6) | after (1.30.3) |" in markdown
+    assert "| foo-to-bar | tls-verify-failed | ❌ ok | ✅ tls-verify-failed |" in markdown
+    assert reports.json_document(sample_report())["upgrade"] is None
 
 
 def test_run_facts_tolerate_absence():

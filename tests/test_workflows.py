@@ -1,0 +1,72 @@
+"""Self-tests for .github/workflows: actionlint accepts them, and they run the kind provider itself."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from custom_ca_conformance import toolchain
+
+WORKFLOWS = Path(__file__).resolve().parent.parent / ".github" / "workflows"
+
+
+@pytest.fixture(scope="module")
+def actionlint() -> Path:
+    try:
+        return toolchain.ensure_actionlint(progress=lambda line: None)
+    except toolchain.GoNotFoundError as exc:
+        pytest.skip(f"actionlint is built with Go: {exc}")
+
+
+def _lint(actionlint: Path, *paths: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(actionlint), "-no-color", *map(str, paths)], capture_output=True, text=True,
+                          timeout=120, cwd=WORKFLOWS.parent.parent)
+
+
+def _workflow(name: str) -> dict:
+    return yaml.safe_load((WORKFLOWS / name).read_text())
+
+
+def test_actionlint_accepts_every_workflow(actionlint):
+    result = _lint(actionlint, *sorted(WORKFLOWS.glob("*.yml")))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_rejects_a_broken_workflow(actionlint, tmp_path):
+    # The check above can fail: a reusable workflow reading an input it does not declare.
+    broken = tmp_path / ".github" / "workflows" / "broken.yml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text((WORKFLOWS / "conformance.yml").read_text().replace(
+        "inputs.pytest-args", "inputs.pytest-arguments"))
+
+    result = _lint(actionlint, broken)
+
+    assert result.returncode != 0 and "pytest-arguments" in result.stdout, result.stdout + result.stderr
+
+
+def test_the_reusable_workflow_runs_the_kind_provider_and_keeps_the_report():
+    workflow = _workflow("conformance.yml")
+    called = workflow[True]["workflow_call"]["inputs"]  # PyYAML reads the key `on` as True
+    steps = workflow["jobs"]["conformance"]["steps"]
+    script = next(step["run"] for step in steps if step.get("name") == "Conformance")
+    upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact"))
+
+    assert {"istio-version", "kubernetes-version", "istio-upgrade-from", "signer-profile"} <= set(called)
+    assert "--cluster kind" in script and "--cluster existing" not in script
+    assert "--report-dir \"$RUNNER_TEMP/report\"" in script
+    assert upload["if"] == "always()" and upload["with"]["path"] == "${{ runner.temp }}/report"
+
+
+def test_the_matrix_calls_the_reusable_workflow_without_fail_fast():
+    jobs = _workflow("kind-matrix.yml")["jobs"]
+
+    for name, job in jobs.items():
+        assert job["uses"] == "./.github/workflows/conformance.yml", name
+        assert job["strategy"]["fail-fast"] is False, name
+    cells = jobs["kind"]["strategy"]["matrix"]
+    assert len(cells["istio"]) * len(cells["kubernetes"]) - len(cells["exclude"]) >= 5
+    assert all(cell["from"] != cell["to"] for cell in jobs["upgrade"]["strategy"]["matrix"]["include"])
