@@ -27,7 +27,7 @@ LAYERS = (
                                    "signer_profile", "localplane", "images", "signer.reference",
                                    "signer.__main__")),
     ("install sequences", ("evidence_collection", "mesh_installer", "signer_install", "signer.deploy", "signer", "localplane.node")),
-    ("providers", ("providers",)),
+    ("providers", ("providers", "upgrade")),
     ("session", ("session",)),
     ("run configuration", ("run_config",)),
     ("front doors: pytest plugin, setup command", ("fixtures", "plugin", "report_hooks", "machine_setup", "")),

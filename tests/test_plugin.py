@@ -36,7 +36,7 @@ PAIR_TESTS = {
     "cross": "test_connectivity.py::test_cross_signer_request_fails_certificate_verification",
     "cross_envoy": "test_connectivity.py::test_cross_signer_failure_names_certificate_verification_in_envoy_log",
 }
-MARKER_NAMES = ("connectivity", "certificates", "csr", "rbac", "signer", "requires")
+MARKER_NAMES = ("connectivity", "certificates", "csr", "rbac", "signer", "posture", "upgrade", "requires")
 NODE_ID = re.compile(r"^conformance/(?P<file>[\w.]+\.py)::(?P<function>\w+)(?:\[(?P<id>.*)\])?$")
 
 
@@ -163,6 +163,15 @@ def test_keyword_with_the_pair_id_selects_exactly_that_pair(run):
     assert {m["id"] for m in selected} == {"foo-to-bar"}
     assert {f"{m['file']}::{m['function']}" for m in selected} == {
         PAIR_TESTS["matrix"], PAIR_TESTS["cross"], PAIR_TESTS["cross_envoy"]}
+
+
+def test_upgrade_tests_exist_only_in_an_upgrade_run(run):
+    plain = collected(run("--collect-only", "-q", "conformance"))
+    upgrade = collected(run("--collect-only", "-q", "--istio-upgrade-from", "1.29.6", "conformance"))
+    assert "test_upgrade.py" not in {m["file"] for m in plain}
+    assert {m["function"] for m in upgrade if m["file"] == "test_upgrade.py"} == {
+        "test_before_the_upgrade", "test_no_request_failed_during_the_rollout",
+        "test_istiod_and_every_sidecar_run_the_new_istio"}
 
 
 def test_node_id_selects_one_pair(run):
@@ -403,7 +412,8 @@ def test_markers_are_registered(run):
 
 
 def test_markers_pass_strict_markers_and_unknown_ones_do_not(run, pytester):
-    decorators = "\n".join(f"@pytest.mark.{name}" for name in MARKER_NAMES if name != "requires")
+    # upgrade-marked tests are deselected outside an upgrade run (test_upgrade_tests_exist_only_...)
+    decorators = "\n".join(f"@pytest.mark.{name}" for name in MARKER_NAMES if name not in ("requires", "upgrade"))
     pytester.makepyfile(test_marked=f"""
 import pytest
 from custom_ca_conformance.vocabulary import Capability

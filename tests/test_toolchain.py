@@ -337,3 +337,36 @@ def test_path_before_build_exits_1_with_one_line(tmp_path):
     assert result.stdout == ""
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert "not built yet" in result.stderr
+
+
+# --- other Istio builds (upgrade runs) ----------------------------------------------------------
+
+
+def test_istio_builds_differ_from_the_pins_only_in_istio():
+    older = toolchain.istio_pins("b01690e6db7d")
+    assert older.istio_revision == "b01690e6db7d" and older.istio_build_version.endswith("b01690e6db7d")
+    assert dataclasses.replace(older, istio_pseudo_version=PINS.istio_pseudo_version,
+                               istio_build_version=PINS.istio_build_version,
+                               istio_release_label=PINS.istio_release_label) == PINS
+    assert toolchain.istio_pins(PINS.istio_revision) == PINS
+
+
+def test_an_unknown_istio_build_is_one_line_naming_the_known_ones():
+    with pytest.raises(toolchain.ToolchainError, match=r"no Istio build 'deadbeef0000' here; the toolchain builds "
+                                                       r"b01690e6db7d, eed52ebb66ad"):
+        toolchain.istio_pins("deadbeef0000")
+
+
+def test_another_istio_build_is_cached_apart_from_the_toolchain(fake_cache):
+    older = toolchain.istio_pins("b01690e6db7d")
+    assert toolchain.cached_istio(older) is None
+    layout = toolchain._istio_layout(older, "go1.26.8")
+    assert layout.root.parent == fake_cache.parent.parent / "istio"
+    for target in toolchain.ISTIO_TARGETS:
+        (layout.bin_dir).mkdir(parents=True, exist_ok=True)
+        (layout.bin_dir / target.binary).write_text("#!/bin/sh\n")
+        (layout.bin_dir / target.binary).chmod(0o755)
+    assert toolchain.cached_istio(older) is None  # no stamp: a build that did not finish
+    (layout.root / toolchain.STAMP_NAME).write_text("{}")
+    assert toolchain.cached_istio(older).istioctl == layout.bin_dir / "istioctl"
+    assert toolchain.cached_toolchain(PINS) is None  # the toolchain itself is untouched
