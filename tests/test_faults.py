@@ -55,11 +55,15 @@ def local_provider_available():
         pytest.skip(f"the local provider cannot run here: {exc}")
 
 
-def provision_with_fault(tmp_path: Path, fault, topology=None) -> ProvisioningError:
-    """Provision a fresh local node with ``fault`` as the adjust hook; return the error it must end in."""
+def provision_with_fault(tmp_path: Path, fault, topology=None, upgrade_from=None,
+                         states: list | None = None) -> ProvisioningError:
+    """Provision a fresh local node with ``fault`` as the adjust hook; return the error it must end in.
+
+    ``states``, when given, receives the provider's state as provisioning left it.
+    """
     lines: list[str] = []
     settings = ProviderSettings(topology=topology or default_topology(), workdir=tmp_path / "work",
-                                adjust=fault, progress=lines.append)
+                                adjust=fault, progress=lines.append, istio_upgrade_from=upgrade_from)
     provider = LocalProvider(settings)
     provider.check_requirements()
     try:
@@ -67,6 +71,8 @@ def provision_with_fault(tmp_path: Path, fault, topology=None) -> ProvisioningEr
     except ProvisioningError as exc:
         return exc
     finally:
+        if states is not None:
+            states.append(dict(provider.state))
         node_dir = provider.state.get("node_workdir")
         provider.teardown(provider.state)
         # Under this node's directory only: the other xdist worker's node may start as soon as this one stops.
@@ -235,3 +241,24 @@ def test_a_setup_fault_is_reported_once_and_the_tests_that_need_less_still_run(
     assert list((evidence / "node-logs").glob("kubelet*")), sorted(p.name for p in evidence.iterdir())
     node_dir = Path(json.loads((evidence / "state.json").read_text())["state"]["node_workdir"])
     assert node.leftovers(node_dir, machine_wide=False) == {} and not node_dir.exists(), node_dir
+
+
+def test_an_upgrade_that_breaks_istiod_is_named_after_the_before_phase(local_provider_available, tmp_path):
+    """Istio A installs and passes; the upgrade to B forgets CERT_SIGNER_DOMAIN (the second IstioOperator)."""
+    operators = []
+
+    def fault(kind, value):
+        if kind == "istio-operator":
+            operators.append(kind)
+            if len(operators) == 2:
+                _set_istiod_env(value, "CERT_SIGNER_DOMAIN", None)
+
+    states: list[dict] = []
+    error = provision_with_fault(tmp_path, fault, upgrade_from="b01690e6db7d", states=states)
+
+    assert diagnoses.KIND_SIGNER_DOMAIN_MISSING in {kind for kind, _ in named(error)}, explain(error)
+    record = states[0]["upgrade"]
+    assert {pair: seen["seen"] == seen["expected"] for pair, seen in record["before"].items()} == {
+        "foo-to-foo": True, "foo-to-bar": True, "bar-to-foo": True, "bar-to-bar": True}, record["before"]
+    assert record["rollout"]["sent"] > 0 and states[0]["stage"] == "workloads", (record, states[0]["stage"])
+
