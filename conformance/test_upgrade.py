@@ -8,6 +8,7 @@ import pytest
 
 from custom_ca_conformance import kube, render
 from custom_ca_conformance.messages import mismatch
+from custom_ca_conformance.reports import rollout_summary
 from custom_ca_conformance.vocabulary import Stage, blocked_by_setup
 
 pytestmark = pytest.mark.upgrade
@@ -32,7 +33,11 @@ def test_before_the_upgrade(pair, mesh):
 
 @pytest.mark.requires(Stage.WORKLOADS)
 def test_no_request_failed_during_the_rollout(mesh):
-    """Requests between same-signer workloads kept working while istiod and every workload were replaced."""
+    """Requests between same-signer workloads kept working while istiod and every workload were replaced.
+
+    A request cut off because its own client pod was being replaced is listed but not counted:
+    any rollout does that to its pods' own connections.
+    """
     record = _record(mesh, "rollout")
     figures = record["rollout"]
     assert figures["sent"] > 0, mismatch(
@@ -40,7 +45,7 @@ def test_no_request_failed_during_the_rollout(mesh):
         "\n    ".join(figures["failures"]) or "the prober never ran")
     assert figures["failed"] == 0, mismatch(
         f"every request answered with HTTP 200 during the upgrade {record['from']} -> {record['to']}",
-        f"{figures['failed']} of {figures['sent']} failed in {figures['seconds']}s",
+        rollout_summary(figures),
         "\n    ".join(figures["failures"]))
 
 

@@ -315,7 +315,8 @@ UPGRADE = {
     "from": "1.29.6", "to": "1.30.3", "how": "in place", "to_tag": "1.30.3",
     "before": {"foo-to-foo": {"expected": "ok", "seen": "ok", "detail": "ok"},
                "foo-to-bar": {"expected": "tls-verify-failed", "seen": "ok", "detail": "ok: HTTP 200"}},
-    "rollout": {"sent": 40, "failed": 1, "unsent": 2, "seconds": 15.0, "failures": ["3.0s foo-to-foo: HTTP 503"]},
+    "rollout": {"sent": 40, "failed": 1, "interrupted": 3, "unsent": 2, "seconds": 15.0,
+                "failures": ["3.0s foo-to-foo: HTTP 503"]},
 }
 
 
@@ -344,7 +345,8 @@ def test_an_upgrade_run_is_in_every_report_form():
     assert {"pair": "foo-to-bar", "expected": "tls-verify-failed", "before": "ok", "after": "tls-verify-failed"} \
         in document["upgrade"]["pairs"]
     assert "upgrade Istio 1.29.6 -> 1.30.3 (in place)" in text
-    assert "rollout: 40 requests in 15s, 1 failed, 2 not sent" in text
+    assert "rollout: 40 requests in 15s, 1 failed, 3 interrupted by their client pod's replacement, 2 not sent" \
+        in text
     assert "| pair | expected | before (1.29.6) | after (1.30.3) |" in markdown
     assert "| foo-to-bar | tls-verify-failed | ❌ ok | ✅ tls-verify-failed |" in markdown
     assert reports.json_document(sample_report())["upgrade"] is None
