@@ -40,6 +40,9 @@ def test_no_request_failed_during_the_rollout(mesh):
     """
     record = _record(mesh, "rollout")
     figures = record["rollout"]
+    assert not figures.get("prober_error"), mismatch(
+        "the prober running through the whole rollout", f"it stopped: {figures['prober_error']}",
+        "state.json upgrade.rollout in the evidence directory")
     assert figures["sent"] > 0, mismatch(
         "requests sent during the rollout", f"none sent, {figures['unsent']} could not be sent",
         "\n    ".join(figures["failures"]) or "the prober never ran")
