@@ -12,7 +12,7 @@ Figures (each measured here unless the note says otherwise):
 * node ready, and the first and last workload certificate, as recorded by the local
   provider in its state (``timings``, seconds since ``provision()`` began), and the memory
   of each sidecar's Envoy and pilot-agent when provisioning finished;
-* conformance wall time: ``python -m pytest conformance --cluster local`` serially and
+* conformance wall time: ``python -m pytest conformance --custom-ca-cluster local`` serially and
   with ``-n 2``, and a 10-tenant topology (100 pairs) with ``-n 2`` (``--skip-scale``
   leaves that out).
 
@@ -47,7 +47,7 @@ from custom_ca_conformance.localplane.processes import stop_from_pid_file
 from custom_ca_conformance.topology import default_topology, generated_topology
 
 SCALE_TENANTS = 10
-PYTEST_BASE = ["-m", "pytest", "conformance", "--cluster", "local", "-q", "-p", "no:cacheprovider"]
+PYTEST_BASE = ["-m", "pytest", "conformance", "--custom-ca-cluster", "local", "-q", "-p", "no:cacheprovider"]
 OUTCOME_WORDS = ("passed", "failed", "skipped", "error", "errors", "xfailed", "xpassed", "deselected")
 
 
@@ -195,7 +195,7 @@ class PytestRun:
 def run_conformance(label: str, extra: list[str], pairs: int) -> PytestRun:
     workdir = temp_dir(label)
     output = workdir.parent / f"{workdir.name}.log"
-    argv = [sys.executable, *PYTEST_BASE, *extra, "--workdir", str(workdir)]
+    argv = [sys.executable, *PYTEST_BASE, *extra, "--custom-ca-workdir", str(workdir)]
     run = PytestRun(label, argv, pairs)
     try:
         run.seconds, code = run_timed(argv, output=output)
@@ -238,7 +238,7 @@ def conformance_figures(runs: list[PytestRun]) -> list[Figure]:
     figures = []
     for run in runs:
         workers = "-n 2" if "-n" in run.argv else "serial"
-        name = (f"{SCALE_TENANTS}-tenant topology ({workers})" if "--tenants" in run.argv
+        name = (f"{SCALE_TENANTS}-tenant topology ({workers})" if "--custom-ca-tenants" in run.argv
                 else f"conformance wall time ({workers})")
         figures.append(Figure(name, run.seconds, _counts_note(run),
                               {"argv": run.argv[1:], "summary": run.summary, "timings": run.timings}))
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [run_conformance("serial", [], pairs), run_conformance("n2", ["-n", "2"], pairs)]
         scale = None
         if not args.skip_scale:
-            scale = run_conformance("scale", ["--tenants", str(SCALE_TENANTS), "-n", "2"],
+            scale = run_conformance("scale", ["--custom-ca-tenants", str(SCALE_TENANTS), "-n", "2"],
                                     len(generated_topology(SCALE_TENANTS).pairs()))
             runs.append(scale)
         figures += provisioning_figures(runs[0], runs[1], scale)

@@ -1,4 +1,4 @@
-"""Upgrade runs (``--istio-upgrade-from A``): the before phase on A, the rollout to B, B in force.
+"""Upgrade runs (``--custom-ca-istio-upgrade-from A``): the before phase on A, the rollout to B, B in force.
 
 The *after* phase is the rest of the suite, run on B. These tests exist only in an upgrade
 run; the plugin deselects them otherwise.

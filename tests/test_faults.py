@@ -216,8 +216,8 @@ def test_a_setup_fault_is_reported_once_and_the_tests_that_need_less_still_run(
     monkeypatch.setenv("CI", "true")  # pytest prints whole failure messages in the short summary on CI
     report_dir = pytester.path / "reports"
     result = pytester.runpytest_subprocess(
-        "-p", "fault_plugin", "--pyargs", "custom_ca_conformance.conformance", "--cluster", "local",
-        "-m", "not signer", "-n", "2", "--report-dir", str(report_dir), "-p", "no:cacheprovider", timeout=900)
+        "-p", "fault_plugin", "--pyargs", "custom_ca_conformance.conformance", "--custom-ca-cluster", "local",
+        "-m", "not signer", "-n", "2", "--custom-ca-report-dir", str(report_dir), "-p", "no:cacheprovider", timeout=900)
     output = result.stdout.str() + result.stderr.str()
 
     assert result.ret == pytest.ExitCode.TESTS_FAILED, output[-3000:]

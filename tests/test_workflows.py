@@ -56,8 +56,8 @@ def test_the_reusable_workflow_runs_the_kind_provider_and_keeps_the_report():
     upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact"))
 
     assert {"istio-version", "kubernetes-version", "istio-upgrade-from", "signer-profile"} <= set(called)
-    assert "--cluster kind" in script and "--cluster existing" not in script
-    assert "--report-dir \"$RUNNER_TEMP/report\"" in script
+    assert "--custom-ca-cluster kind" in script and "--custom-ca-cluster existing" not in script
+    assert "--custom-ca-report-dir \"$RUNNER_TEMP/report\"" in script
     assert upload["if"] == "always()" and upload["with"]["path"] == "${{ runner.temp }}/report"
 
 
