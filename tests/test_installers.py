@@ -25,7 +25,8 @@ def test_cert_manager_is_installed_from_the_oci_chart_with_crds_and_the_csr_gate
         "/bin/helm", "upgrade", "--install", "cert-manager", "oci://quay.io/jetstack/charts/cert-manager"]
     assert _flag(argv, "--version") == "v1.21.1"
     assert _flag(argv, "--namespace") == "cert-manager" and "--create-namespace" in argv
-    assert _values(argv) == ["crds.enabled=true", "featureGates=ExperimentalCertificateSigningRequestControllers=true"]
+    assert _values(argv) == ["crds.enabled=true", "crds.keep=false",
+                             "featureGates=ExperimentalCertificateSigningRequestControllers=true"]
     assert "--wait" in argv and _flag(argv, "--timeout") == "5m"
     assert "--kubeconfig" not in argv and "--kube-context" not in argv
 
@@ -33,7 +34,7 @@ def test_cert_manager_is_installed_from_the_oci_chart_with_crds_and_the_csr_gate
 def test_helm_targets_the_given_kubeconfig_and_context():
     argv = installers.helm_install_cert_manager_argv("v1.21.1", kubeconfig="/k", context="kind-x")
     assert _flag(argv, "--kubeconfig") == "/k" and _flag(argv, "--kube-context") == "kind-x"
-    uninstall = installers.helm_uninstall_cert_manager_argv(kubeconfig="/k", context="kind-x")
+    uninstall = installers.helm_uninstall_argv("cert-manager", "cert-manager", kubeconfig="/k", context="kind-x")
     assert uninstall[:3] == ["helm", "uninstall", "cert-manager"] and _flag(uninstall, "--kube-context") == "kind-x"
 
 
@@ -43,8 +44,10 @@ def test_istioctl_install_skips_confirmation_and_reads_the_operator_file(tmp_pat
                     "--kubeconfig", "/k", "--context", "c"]
 
 
-def test_istioctl_uninstall_purges():
-    assert installers.istioctl_uninstall_argv("istioctl") == ["istioctl", "uninstall", "--purge", "--skip-confirmation"]
+def test_istio_is_removed_by_its_own_manifest_never_by_purge():
+    assert installers.istioctl_manifest_generate_argv("istioctl", "/w/iop.yaml") == [
+        "istioctl", "manifest", "generate", "-f", "/w/iop.yaml"]
+    assert not hasattr(installers, "istioctl_uninstall_argv")
 
 
 def test_proxy_config_secret_names_pod_dot_namespace_as_json():

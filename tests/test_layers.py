@@ -22,8 +22,8 @@ LIBRARY = Path(__file__).resolve().parents[1] / "fixtures"
 LAYERS = (
     ("records", ("errors", "evidence", "messages", "vocabulary", "hookspecs")),
     ("pure logic and pins", ("topology", "documents", "schemas", "pki", "outcomes", "toolchain",
-                             "reports", "diagnoses", "posture")),
-    ("cluster I/O and rendering", ("kube", "injection", "installers", "tools", "render", "csr_contract",
+                             "reports", "diagnoses", "posture", "ownership", "access")),
+    ("cluster I/O and rendering", ("kube", "injection", "installers", "tools", "render", "csr_contract", "survey",
                                    "signer_profile", "localplane", "images", "signer.reference",
                                    "signer.__main__")),
     ("install sequences", ("evidence_collection", "mesh_installer", "signer_install", "signer.deploy", "signer", "localplane.node")),

@@ -304,32 +304,6 @@ def test_kind_reuses_an_existing_cluster_with_keep_cluster_and_never_deletes_it(
 # --- install order ------------------------------------------------------------------------------------
 
 
-def test_uninstall_removes_only_what_was_created_newest_first(tmp_path, monkeypatch):
-    topology = default_topology()
-    events = []
-    monkeypatch.setattr(kube, "delete", lambda api, objects: events.append(
-        ("delete", sorted({o["kind"] for o in objects}), sorted({o["metadata"].get("namespace", o["metadata"]["name"])
-                                                                  for o in objects}))) or [])
-    monkeypatch.setattr(installers, "run", lambda argv, **kw: events.append(("run", argv[0], argv[1])) or "")
-    state = {"kubeconfig": "kc", "context": "c", "workdir": str(tmp_path), "created": {
-        "namespaces": ["foo"], "istio": True, "signer_objects": True, "cert_manager": True,
-        "system_namespaces": ["istio-system"]}}
-    problems = mesh_installer.uninstall(topology, state, None, mesh_installer.Tools("istioctl", "helm"),
-                                       mesh_installer.CertManagerSource(chart_version="v1.21.1"))
-    assert problems == []
-    assert events == [
-        # bar existed before the run: only our objects in it go; foo is ours: the namespace goes.
-        ("delete", ["Deployment", "ProxyConfig", "Service", "ServiceAccount"], ["bar"]),
-        ("delete", ["Namespace"], ["foo"]),
-        ("run", "istioctl", "uninstall"),
-        ("delete", ["Certificate", "ClusterIssuer"], ["bar", "cert-manager", "foo", "istio-system",
-                                                      "selfsigned-bar-issuer", "selfsigned-foo-issuer",
-                                                      "selfsigned-istio-system-issuer"]),
-        ("run", "helm", "uninstall"),
-        ("delete", ["Namespace"], ["istio-system"]),
-    ]
-
-
 def test_existing_teardown_keeps_everything_with_keep_cluster(tmp_path, monkeypatch):
     monkeypatch.setattr(existing, "uninstall", lambda *a: pytest.fail("nothing may be removed with --custom-ca-keep-cluster"))
     existing.ExistingProvider(_settings(tmp_path, keep=True)).teardown({"kubeconfig": "kc", "created": {"istio": True}})

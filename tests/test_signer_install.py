@@ -73,4 +73,4 @@ def test_existing_provider_installs_the_profile_manifests_for_signer_runs_and_re
         with pytest.raises(client.ApiException) as gone:
             core.read_namespaced_config_map("acme-signer-config", "acme-ca")
         assert gone.value.status == 404
-    assert "istioctl" not in state and "created" not in state  # cert-manager and Istio were not installed
+    assert "istioctl" not in state and "ledger" not in state  # cert-manager and Istio were not installed
