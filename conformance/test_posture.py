@@ -21,7 +21,7 @@ pytestmark = pytest.mark.posture
 
 def _issuing_signer(mesh, topology, chain) -> str | None:
     for signer in topology.signers:
-        if pki.chain_verifies_to(chain[0], chain[1:], mesh.signer_root(signer)).ok:
+        if pki.verify_workload_chain(chain, [mesh.signer_root(signer)]).ok:
             return signer
     return None
 

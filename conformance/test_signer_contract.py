@@ -110,20 +110,6 @@ def test_issued_certificate_carries_the_spiffe_uri_san(signer, signer_profile, i
         f"exactly the URI SAN {case.csr.spiffe_id}", pki.describe_cert(leaf), case.csr.name)
 
 
-def test_issued_certificate_is_not_a_ca(signer, signer_profile, issued_certificates):
-    case = _issued(issued_certificates, signer, signer_profile)
-    leaf = _parsed_chain(case)[0]
-    assert not pki.is_ca(leaf), mismatch("basicConstraints CA:false (or absent)", pki.describe_cert(leaf), case.csr.name)
-
-
-def test_issued_certificate_has_the_requested_usages(signer, signer_profile, issued_certificates):
-    case = _issued(issued_certificates, signer, signer_profile)
-    leaf = _parsed_chain(case)[0]
-    missing = set(ISTIO_USAGES) - pki.kube_usages(leaf)
-    assert not missing, mismatch(
-        f"usages {sorted(ISTIO_USAGES)}", f"missing {sorted(missing)} in {pki.describe_cert(leaf)}", case.csr.name)
-
-
 @pytest.mark.requires(Feature.EXPIRATION_SECONDS)
 def test_expiration_seconds_is_honoured(signer, signer_profile, issued_certificates):
     case = _issued(issued_certificates, signer, signer_profile)
@@ -141,11 +127,13 @@ def test_expiration_seconds_is_honoured(signer, signer_profile, issued_certifica
 def test_chain_verifies_to_the_published_ca_bundle(signer, signer_profile, signer_cluster, issued_certificates):
     case = _issued(issued_certificates, signer, signer_profile)
     chain = _parsed_chain(case)
-    bundle = signer.ca_bundle.read(signer_cluster.api_client)
-    root = pki.load_pem_chain(bundle)[-1] if bundle else chain[-1]
-    check = pki.chain_verifies_to(chain[0], chain[1:], root)
+    published = signer.ca_bundle.read(signer_cluster.api_client)
+    bundle = pki.load_pem_chain(published) if published else chain[-1:]
+    check = pki.verify_workload_chain(chain, bundle)
     assert check.ok, mismatch(
-        f"the chain in status.certificate verifies to {signer.ca_bundle.describe()}: {pki.describe_cert(root)}",
+        f"the chain in status.certificate verifies, as a sidecar uses it, to {signer.ca_bundle.describe()} "
+        f"({'; '.join(pki.describe_cert(c) for c in bundle)}): leaf CA:FALSE with usages {list(ISTIO_USAGES)}, "
+        "each issuer a CA allowed to sign certificates within its pathLenConstraint, all valid now",
         check.detail,
         f"CertificateSigningRequest {case.csr.name}",
     )

@@ -116,7 +116,7 @@ def test_chain_is_leaf_and_intermediate_verifying_to_the_root(foo_ca, istio_requ
     chain = _issue(istio_request, foo_ca)
 
     assert len(chain) == 2 and foo_ca.root not in chain
-    assert pki.chain_verifies_to(chain[0], chain[1:], foo_ca.root).ok
+    assert pki.verify_workload_chain(chain, [foo_ca.root]).ok
     assert pki.spiffe_ids(chain[0]) == [SPIFFE_ID]
     assert not pki.is_ca(chain[0])
     assert pki.kube_usages(chain[0]) == set(ISTIO_USAGES)
@@ -132,9 +132,29 @@ def test_each_breakage_shows_in_the_chain(foo_ca, istio_request):
     assert lifetime(_issue(istio_request, foo_ca, Breakage.IGNORE_EXPIRATION_SECONDS)) > dt.timedelta(
         seconds=DEFAULT_EXPIRATION_SECONDS)
     foreign_chain = _issue(istio_request, foo_ca, Breakage.SIGN_WITH_OTHER_CA, other_ca=other)
-    assert not pki.chain_verifies_to(foreign_chain[0], foreign_chain[1:], foo_ca.root).ok
+    assert not pki.verify_workload_chain(foreign_chain, [foo_ca.root]).ok
     garbage = _issue(istio_request, foo_ca, Breakage.GARBAGE_CERTIFICATE)
     assert not pki.same_public_key(garbage[0], x509.load_pem_x509_csr(istio_request))
+
+
+@pytest.mark.parametrize(("breakage", "explanation"), [
+    (Breakage.SET_CA_TRUE, "the leaf is marked as a CA"),
+    (Breakage.VIOLATE_PATH_LENGTH, "2nd issuer CN=pathLen 0 CA"),
+    (Breakage.ISSUER_WITHOUT_CERT_SIGN, "1st issuer CN=CA without keyCertSign"),
+    (Breakage.EXPIRED_INTERMEDIATE, "1st issuer expired"),
+    (Breakage.DROP_CLIENT_AUTH, "the leaf lacks extended key usage client_auth"),
+    (Breakage.DROP_SERVER_AUTH, "the leaf lacks extended key usage server_auth"),
+])
+def test_each_chain_breakage_fails_path_validation_and_nothing_else(foo_ca, istio_request, breakage, explanation):
+    chain = _issue(istio_request, foo_ca, breakage)
+    leaf = chain[0]
+
+    check = pki.verify_workload_chain(chain, [foo_ca.root])
+    assert not check.ok and explanation in check.detail, check.detail
+    # What the other contract tests judge is intact: key, identity, lifetime.
+    assert pki.same_public_key(leaf, x509.load_pem_x509_csr(istio_request))
+    assert pki.spiffe_ids(leaf) == [SPIFFE_ID]
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc >= dt.timedelta(seconds=3600)
 
 
 def test_ca_survives_a_round_trip_through_its_secret(foo_ca):
@@ -209,7 +229,7 @@ def test_approved_istio_csr_is_issued_and_verifies_to_the_published_root(driver,
 
     assert outcome.certificate_pem, driver.describe(csr)
     chain = pki.load_pem_chain(outcome.certificate_pem)
-    check = pki.chain_verifies_to(chain[0], chain[1:], _published_root(driver, BAR))
+    check = pki.verify_workload_chain(chain, [_published_root(driver, BAR)])
     assert check.ok, check.detail
     assert pki.same_public_key(chain[0], csr.key)
     assert pki.spiffe_ids(chain[0]) == [SPIFFE_ID]
