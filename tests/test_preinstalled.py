@@ -7,10 +7,21 @@ node's images passed as the platform, since it has no registry).
 
 from __future__ import annotations
 
-import pytest
+import os
+from pathlib import Path
 
-from custom_ca_conformance import cert_manager_cluster, diagnoses
+import pytest
+import yaml
+
+from custom_ca_conformance import cert_manager_cluster, diagnoses, kube
+from custom_ca_conformance.errors import ProvisioningError
 from custom_ca_conformance.mesh_installer import access_logging_gap
+from custom_ca_conformance.providers.base import ProviderSettings
+from custom_ca_conformance.providers.existing import ExistingProvider
+from custom_ca_conformance.providers.local import LocalProvider
+from custom_ca_conformance.topology import CERT_MANAGER_NAMESPACE, ISTIO_NAMESPACE, ca_secret_name, default_topology
+
+pytestmark = pytest.mark.xdist_group("node")
 
 CHART_CONTROLLER = {
     "name": "cert-manager-controller",
@@ -78,3 +89,112 @@ def test_the_access_log_gap_is_a_blocking_diagnosis():
     found = diagnoses.access_logs_off("meshConfig.accessLogFile unset", "ConfigMap istio-system/istio")
     assert found.kind == diagnoses.KIND_ACCESS_LOGS_OFF and diagnoses.blocking([found]) is found
     assert "connection-failure" in found.cause
+
+
+# --- on a real local node, tested as a user's preinstalled cluster ---------------------------------
+# One node per machine: with the node self-tests on one xdist worker ("node" in the names keeps them out of
+# the pure runs, which select -k "not node").
+
+@pytest.fixture(scope="module")
+def local_mesh(tmp_path_factory):
+    """The default topology installed on a fresh local node: (the local provider, its state)."""
+    from custom_ca_conformance.errors import ProviderUnavailable
+
+    provider = LocalProvider(ProviderSettings(topology=default_topology(), progress=lambda line: None,
+                                              workdir=tmp_path_factory.mktemp("local") / "work"))
+    try:
+        provider.check_requirements()
+    except ProviderUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)
+        pytest.skip(f"the local provider cannot run here: {exc}")
+    state = provider.provision()
+    try:
+        yield provider, state
+    finally:
+        provider.teardown(state)
+
+
+def provision_preinstalled(local_mesh, workdir: Path) -> dict:
+    """``--custom-ca-cluster existing --custom-ca-preinstalled`` on the local node (its images as the platform).
+
+    No teardown: what a preinstalled run leaves is the user's (the local node's own teardown removes it all).
+    """
+    local, state = local_mesh
+
+    class LocalNodeAsExisting(ExistingProvider):
+        def platform(self, *args):
+            return local.platform()
+
+    provider = LocalNodeAsExisting(ProviderSettings(
+        topology=default_topology(), workdir=workdir, kubeconfig=state["kubeconfig"], preinstalled=True,
+        istioctl=state["istioctl"], progress=lambda line: None))
+    provider.check_requirements()
+    return provider.provision()
+
+
+def test_node_preinstalled_reads_each_root_from_the_secret_its_cluster_issuer_names(local_mesh, tmp_path):
+    """bar's ClusterIssuer is moved to a copy of its CA Secret under a name the suite never creates."""
+    from kubernetes import client, config
+
+    _, state = local_mesh
+    with config.new_client_from_config(config_file=state["kubeconfig"]) as api:
+        core = client.CoreV1Api(api)
+        original = core.read_namespaced_secret(ca_secret_name("bar"), CERT_MANAGER_NAMESPACE)
+        core.create_namespaced_secret(CERT_MANAGER_NAMESPACE, client.V1Secret(
+            metadata=client.V1ObjectMeta(name="team-bar-ca"), type=original.type, data=original.data))
+        _patch_ca_secret(api, "bar", "team-bar-ca")
+        try:
+            preinstalled = provision_preinstalled(local_mesh, tmp_path / "work")
+        finally:
+            _patch_ca_secret(api, "bar", ca_secret_name("bar"))
+            core.delete_namespaced_secret("team-bar-ca", CERT_MANAGER_NAMESPACE)
+    assert preinstalled["signer_roots"]["bar"] == {"namespace": CERT_MANAGER_NAMESPACE, "name": "team-bar-ca",
+                                                   "key": "ca.crt"}, preinstalled["signer_roots"]
+    assert preinstalled["cert_manager"]["namespace"] == CERT_MANAGER_NAMESPACE, preinstalled["cert_manager"]
+
+
+def test_node_preinstalled_without_access_logs_fails_setup_naming_the_gap(local_mesh, tmp_path):
+    from kubernetes import client, config
+
+    _, state = local_mesh
+    with config.new_client_from_config(config_file=state["kubeconfig"]) as api:
+        core = client.CoreV1Api(api)
+        original = core.read_namespaced_config_map("istio", ISTIO_NAMESPACE).data["mesh"]
+        mesh = yaml.safe_load(original)
+        mesh.pop("accessLogFile")
+        core.patch_namespaced_config_map("istio", ISTIO_NAMESPACE, {"data": {"mesh": yaml.safe_dump(mesh)}})
+        try:
+            with pytest.raises(ProvisioningError) as caught:
+                provision_preinstalled(local_mesh, tmp_path / "work")
+        finally:
+            core.patch_namespaced_config_map("istio", ISTIO_NAMESPACE, {"data": {"mesh": original}})
+    kinds = [d.kind for d in caught.value.diagnoses]
+    assert kinds[:1] == [diagnoses.KIND_ACCESS_LOGS_OFF], f"{kinds}\n{caught.value}"
+    assert "tenants whose sidecars write no access log: foo, bar" in str(caught.value), caught.value
+
+
+def test_node_preinstalled_without_a_running_cert_manager_controller_fails_at_once_in_one_line(local_mesh, tmp_path):
+    from kubernetes import client, config
+
+    _, state = local_mesh
+    with config.new_client_from_config(config_file=state["kubeconfig"]) as api:
+        apps = client.AppsV1Api(api)
+        apps.patch_namespaced_deployment_scale("cert-manager", CERT_MANAGER_NAMESPACE, {"spec": {"replicas": 0}})
+        try:
+            kube.wait_for(lambda: not kube.list_pods(api, CERT_MANAGER_NAMESPACE, "app.kubernetes.io/name=cert-manager"),
+                          timeout=60, expected="cert-manager's controller Pod gone", diagnose=lambda: ("", ""))
+            with pytest.raises(ProvisioningError) as caught:
+                provision_preinstalled(local_mesh, tmp_path / "work")
+        finally:
+            apps.patch_namespaced_deployment_scale("cert-manager", CERT_MANAGER_NAMESPACE, {"spec": {"replicas": 1}})
+    first = str(caught.value).splitlines()[0]
+    assert "cert-manager's CRDs are installed but its controller runs nowhere" in first, caught.value
+    assert "timed out" not in str(caught.value), caught.value
+
+
+def _patch_ca_secret(api_client, signer: str, secret_name: str) -> None:
+    from kubernetes import client
+
+    client.CustomObjectsApi(api_client).patch_cluster_custom_object(
+        "cert-manager.io", "v1", "clusterissuers", signer, {"spec": {"ca": {"secretName": secret_name}}})
