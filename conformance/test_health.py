@@ -1,5 +1,6 @@
 """The cluster shows none of the misconfigurations the suite can name (the diagnoses of a failed run)."""
 
+from custom_ca_conformance.cert_manager_cluster import recorded_resource_namespace
 from custom_ca_conformance.diagnoses import diagnose
 from custom_ca_conformance.evidence_collection import collect_evidence
 from custom_ca_conformance.messages import mismatch
@@ -7,7 +8,8 @@ from custom_ca_conformance.vocabulary import Stage
 
 
 def test_the_cluster_shows_none_of_the_known_faults(mesh, topology):
-    evidence = collect_evidence(mesh.api_client, topology, Stage.READY, mesh.csr_records())
+    evidence = collect_evidence(mesh.api_client, topology, Stage.READY, mesh.csr_records(),
+                                resource_namespace=recorded_resource_namespace(mesh.state))
     found = diagnose(topology, evidence)
     assert not found, mismatch(
         "no known fault in the evidence (signers sign, istiod may approve them, caCertificates hold each "

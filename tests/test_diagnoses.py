@@ -8,7 +8,7 @@ import pytest
 
 from custom_ca_conformance import diagnoses, pki
 from custom_ca_conformance.diagnoses import blocking, diagnose
-from custom_ca_conformance.evidence import CaCertificateEntry, CsrRecord, Evidence, PodState
+from custom_ca_conformance.evidence import CaCertificateEntry, CsrRecord, Evidence, IssuerState, PodState
 from custom_ca_conformance.topology import default_topology, from_document
 
 TOPOLOGY = default_topology()
@@ -75,10 +75,20 @@ def healthy_evidence(roots) -> Evidence:
         approval_allowed={name: True for name in TOPOLOGY.signer_names},
         proxy_config_signers={t.namespace: t.signer for t in TOPOLOGY.tenants},
         injected_signers={t.namespace: t.signer for t in TOPOLOGY.tenants},
+        cluster_issuers={s: _issuer(s) for s in TOPOLOGY.signers},
         signer_log=ORDINARY_SIGNER_LOG,
         sources={"istiod_log": "kubectl -n istio-system logs deploy/istiod -c discovery",
                  "signer_log": "kubectl -n cert-manager logs deploy/cert-manager"},
     )
+
+
+def _issuer(signer: str, secret_of: str | None = None, **changes) -> IssuerState:
+    """A Ready CA ClusterIssuer on the CA Secret of ``secret_of`` (its own by default), as the suite creates it."""
+    owner = secret_of or signer
+    state = IssuerState(secret=f"cert-manager/{owner}-ca-selfsigned", ready=True, reason="KeyPairVerified",
+                        message="Signing CA verified", secret_present=True, certificate=f"cert-manager/{owner}-ca",
+                        certificate_ready=True)
+    return dataclasses.replace(state, **changes)
 
 
 def _csr_events(name, signer_name, namespace, service_account, *, age=3.0, approved=True, issued=True,
@@ -143,7 +153,7 @@ def test_evidence_with_nothing_collected_gives_no_diagnosis():
 
 def test_every_kind_has_a_distinct_constant_and_blocks():
     kinds = [v for k, v in vars(diagnoses).items() if k.startswith("KIND_")]
-    assert len(kinds) == 10 and len(set(kinds)) == 10, f"expected 10 distinct KIND_ constants, seen {kinds}"
+    assert len(kinds) == len(set(kinds)), f"expected distinct KIND_ constants, seen {kinds}"
     assert set(kinds) == diagnoses.BLOCKING_KINDS, (
         f"expected every kind to block, seen non-blocking {set(kinds) - diagnoses.BLOCKING_KINDS}")
 
@@ -395,3 +405,75 @@ def test_every_diagnosis_is_filled_and_one_per_kind_and_subject(healthy):
 
 def _only_tenant(evidence: Evidence, namespace: str) -> tuple[CsrRecord, ...]:
     return tuple(r for r in evidence.csr_records if f"/ns/{namespace}/" in r.spiffe_ids[0])
+
+
+# --- signers' CAs: shared, or a ClusterIssuer that can never be Ready ------------------------------
+
+
+def test_a_cluster_issuer_on_another_signers_ca_secret_names_both_signers_and_the_secret(healthy, roots):
+    """bar's ClusterIssuer names foo's CA Secret: the roots exported from it are foo's, so caCertificates agrees."""
+    foo_pem = roots["foo"].cert_pem
+    issuers = {**healthy.cluster_issuers, "bar": _issuer("bar", secret_of="foo")}
+    entries = tuple(CaCertificateEntry((TOPOLOGY.signer_name(s),), foo_pem if s == "bar" else roots[s].cert_pem)
+                    for s in TOPOLOGY.signers)
+    evidence = _with(healthy, cluster_issuers=issuers, signer_roots={**healthy.signer_roots, "bar": foo_pem},
+                     ca_certificates=entries)
+    shared = _expect_only(diagnose(TOPOLOGY, evidence), diagnoses.KIND_SIGNERS_SHARE_A_CA, "bar")
+    assert shared.cause == ("ClusterIssuer bar signs with Secret cert-manager/foo-ca-selfsigned, the CA of signer "
+                            "foo: foo's and bar's workloads trust each other"), shared.cause
+    assert blocking([shared]) is shared
+
+
+def test_a_shared_ca_is_named_first_and_not_masked_by_the_stale_root_in_mesh_config(healthy, roots):
+    """The mesh still lists bar's own old root: ca-certificates-wrong-root shows too, but the shared CA leads."""
+    issuers = {**healthy.cluster_issuers, "bar": _issuer("bar", secret_of="foo")}
+    evidence = _with(healthy, cluster_issuers=issuers,
+                     signer_roots={**healthy.signer_roots, "bar": roots["foo"].cert_pem})
+    found = diagnose(TOPOLOGY, evidence)
+    assert _named(found)[0] == (diagnoses.KIND_SIGNERS_SHARE_A_CA, "bar"), _named(found)
+    assert blocking(found).kind == diagnoses.KIND_SIGNERS_SHARE_A_CA
+
+
+def test_two_ca_secrets_holding_one_root_are_a_shared_ca(healthy, roots):
+    pems = {**healthy.signer_roots, "bar": roots["foo"].cert_pem}
+    entries = tuple(CaCertificateEntry((TOPOLOGY.signer_name(s),), pems[s]) for s in TOPOLOGY.signers)
+    shared = _expect_only(diagnose(TOPOLOGY, _with(healthy, signer_roots=pems, ca_certificates=entries)),
+                          diagnoses.KIND_SIGNERS_SHARE_A_CA, "bar")
+    _expect_in(shared.cause, "Secret cert-manager/bar-ca-selfsigned", "the cause")
+    _expect_in(shared.cause, "Secret cert-manager/foo-ca-selfsigned", "the cause")
+
+
+def test_a_cluster_issuer_whose_ca_secret_nothing_creates_is_not_ready_at_once(healthy):
+    message = 'Error getting keypair for CA issuer: secret "bar-ca-missing" not found'
+    issuers = {**healthy.cluster_issuers, "bar": IssuerState(
+        secret="cert-manager/bar-ca-missing", ready=False, reason="ErrGetKeyPair", message=message)}
+    found = diagnose(TOPOLOGY, _with(healthy, cluster_issuers=issuers))
+    not_ready = _expect_only(found, diagnoses.KIND_ISSUER_NOT_READY, "bar")
+    _expect_in(not_ready.cause, "ClusterIssuer bar", "the cause")
+    _expect_in(not_ready.cause, message, "the cause")
+    _expect_in(not_ready.cause, "Secret cert-manager/bar-ca-missing", "the cause")
+    _expect_in(not_ready.cause, "no Certificate fills", "the cause")
+    assert blocking(found) is not_ready
+
+
+def test_a_cluster_issuer_whose_ca_certificate_is_still_being_issued_is_waited_for(healthy):
+    """Right after creation the CA Secret is legitimately absent while its Certificate is issued."""
+    issuers = {**healthy.cluster_issuers, "bar": _issuer(
+        "bar", ready=False, reason="ErrGetKeyPair", secret_present=False, certificate_ready=False,
+        message='Error getting keypair for CA issuer: secret "bar-ca-selfsigned" not found')}
+    assert diagnose(TOPOLOGY, _with(healthy, cluster_issuers=issuers)) == []
+
+
+def test_a_cluster_issuer_on_a_key_pair_that_is_not_a_ca_is_not_ready(healthy):
+    issuers = {**healthy.cluster_issuers, "foo": _issuer(
+        "foo", ready=False, reason="ErrInvalidKeyPair",
+        message="Error getting keypair for CA issuer: certificate is not a CA")}
+    _expect_only(diagnose(TOPOLOGY, _with(healthy, cluster_issuers=issuers)), diagnoses.KIND_ISSUER_NOT_READY, "foo")
+
+
+def test_the_ca_secret_named_in_root_diagnoses_is_the_one_the_cluster_issuer_names(healthy):
+    issuers = {**healthy.cluster_issuers, "bar": _issuer("bar", secret="cert-manager/team-bar-ca")}
+    found = diagnose(TOPOLOGY, _with(healthy, cluster_issuers=issuers, signer_roots={**healthy.signer_roots,
+                                                                                     "bar": None}))
+    rootless = next(d for d in found if d.kind == diagnoses.KIND_CHAIN_WITHOUT_ROOT)
+    _expect_in(rootless.cause, "Secret cert-manager/team-bar-ca key ca.crt", "the cause")

@@ -131,6 +131,33 @@ def test_a_signer_without_a_published_root_is_named(local_provider_available, tm
     assert (diagnoses.KIND_CHAIN_WITHOUT_ROOT, "bar") in named(error), explain(error)
 
 
+
+def _set_ca_secret_of(issuers: list[dict], signer: str, secret_name: str) -> None:
+    issuer = next(o for o in issuers if o["kind"] == "ClusterIssuer" and o["metadata"]["name"] == signer)
+    issuer["spec"]["ca"]["secretName"] = secret_name
+
+
+def test_two_signers_on_one_ca_are_named_with_both_signers_and_the_secret(local_provider_available, tmp_path):
+    """ClusterIssuer bar signs with foo's CA Secret: foo's and bar's tenants would trust each other."""
+    error = provision_with_fault(tmp_path, lambda kind, value: kind == "signers" and _set_ca_secret_of(
+        value, "bar", ca_secret_name("foo")))
+    assert error.diagnoses and error.diagnoses[0].kind == diagnoses.KIND_SIGNERS_SHARE_A_CA, explain(error)
+    assert error.diagnoses[0].cause == (
+        f"ClusterIssuer bar signs with Secret {CERT_MANAGER_NAMESPACE}/{ca_secret_name('foo')}, the CA of signer "
+        "foo: foo's and bar's workloads trust each other"), explain(error)
+
+
+def test_a_cluster_issuer_whose_ca_secret_nothing_creates_is_named_without_a_timeout(local_provider_available,
+                                                                                      tmp_path):
+    error = provision_with_fault(tmp_path, lambda kind, value: kind == "signers" and _set_ca_secret_of(
+        value, "bar", "bar-ca-nobody-creates"))
+    assert (diagnoses.KIND_ISSUER_NOT_READY, "bar") in named(error), explain(error)
+    not_ready = next(d for d in error.diagnoses if d.kind == diagnoses.KIND_ISSUER_NOT_READY)
+    assert f"Secret {CERT_MANAGER_NAMESPACE}/bar-ca-nobody-creates" in not_ready.cause, not_ready.cause
+    assert "ErrGetKeyPair" in not_ready.cause, not_ready.cause
+    assert "timed out" not in str(error), explain(error)
+
+
 # --- faults in istiod's configuration -------------------------------------------------------------
 
 

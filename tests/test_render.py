@@ -56,13 +56,6 @@ def test_every_signer_gets_a_self_signed_issuer_a_ca_certificate_and_a_ca_issuer
         assert issuers[signer]["spec"] == {"ca": {"secretName": f"{signer}-ca-selfsigned"}}
 
 
-def test_signer_root_refs_point_at_each_ca_secret(topology):
-    assert render.signer_root_refs(topology) == {
-        signer: {"namespace": "cert-manager", "name": f"{signer}-ca-selfsigned", "key": "ca.crt"}
-        for signer in topology.signers
-    }
-
-
 # --- istiod and mesh config -----------------------------------------------------------------
 
 

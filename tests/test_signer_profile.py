@@ -12,10 +12,14 @@ from custom_ca_conformance.topology import default_topology
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_builtin_profiles_cover_the_topology_signers_with_cert_manager_ca_secrets():
+def test_builtin_profiles_cover_the_topology_signers_with_roots_where_each_publishes_them():
     profile = builtin_profile("cert-manager", default_topology())
     assert [s.signer_name for s in profile.signers] == list(default_topology().signer_names)
-    assert profile.signers[1].ca_bundle.describe() == "Secret cert-manager/foo-ca-selfsigned key ca.crt"
+    # cert-manager's roots as the task exports them: from the Secret the ClusterIssuer names.
+    assert profile.signers[1].ca_bundle.describe() == (
+        "ClusterIssuer foo: key ca.crt of the Secret its spec.ca.secretName names")
+    reference = builtin_profile("reference", default_topology())
+    assert reference.signers[1].ca_bundle.describe() == "Secret cert-manager/foo-ca-selfsigned key ca.crt"
     assert all(profile.supports(f) for f in Feature)
 
 
