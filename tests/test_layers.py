@@ -27,7 +27,7 @@ LAYERS = (
                                    "csr_contract", "survey",
                                    "signer_profile", "localplane", "images", "signer.reference",
                                    "signer.__main__")),
-    ("install sequences", ("evidence_collection", "mesh_installer", "signer_install", "signer.deploy", "signer", "localplane.node")),
+    ("install sequences", ("evidence_collection", "mesh_installer", "plan", "signer_install", "signer.deploy", "signer", "localplane.node")),
     ("providers", ("providers", "upgrade")),
     ("session", ("session",)),
     ("run configuration", ("run_config",)),

@@ -22,6 +22,17 @@ from custom_ca_conformance.providers.base import ProviderSettings
 from custom_ca_conformance.providers.existing import ExistingProvider
 from custom_ca_conformance.topology import from_document
 
+pytest_plugins = ("pytester",)
+
+
+@pytest.fixture
+def pytester_run(pytester):
+    """A real pytest run of the installed conformance tests, in a directory of its own."""
+    def run(*args: str):
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pyargs",
+                                             "custom_ca_conformance.conformance", *args, timeout=180)
+    return run
+
 
 def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
@@ -207,3 +218,30 @@ def test_ownership_checks_change_nothing(control_plane, tmp_path):
         assert survey.foreign_installs(api, _topology(_name("t")), cert_manager=True, istio=True, tenants=True) == []
         assert sorted(ns.metadata.name for ns in client.CoreV1Api(api).list_namespace().items) == before
     assert not list(Path(tmp_path).iterdir())
+
+
+def test_the_plan_lists_what_the_run_would_apply_and_refuses_a_users_namespace(control_plane, tmp_path, pytester_run):
+    namespace = _name("team")
+    topology = tmp_path / "topology.yaml"
+    topology.write_text(f"signers: [a]\ntenants:\n  - {{namespace: {namespace}, signer: a}}\n")
+    with control_plane.api_client() as api:
+        _create_namespace(api, namespace)
+        client.AppsV1Api(api).create_namespaced_deployment(namespace, _deployment(namespace, "httpbin", {}))
+        before = sorted(ns.metadata.name for ns in client.CoreV1Api(api).list_namespace().items)
+        result = pytester_run("--custom-ca-cluster", "existing", "--custom-ca-kubeconfig",
+                              str(control_plane.kubeconfig), "--custom-ca-topology", str(topology),
+                              "--custom-ca-plan")
+        after = sorted(ns.metadata.name for ns in client.CoreV1Api(api).list_namespace().items)
+        client.AppsV1Api(api).delete_namespaced_deployment("httpbin", namespace)
+        client.CoreV1Api(api).delete_namespace(namespace)
+    text = result.stdout.str()
+    assert result.ret == 0, text
+    assert after == before
+    assert "plan for existing (local): nothing is changed" in text
+    assert f"  refused to touch Namespace {namespace}: it exists without the label" in text
+    assert f"    REFUSE  Namespace {namespace}" in text
+    assert f"    create  Deployment {namespace}/httpbin" not in text
+    assert f"    REFUSE  Deployment {namespace}/httpbin" in text
+    assert "    create  ClusterIssuer a" in text and "    create  Namespace cert-manager" in text
+    assert "  Helm chart oci://quay.io/jetstack/charts/cert-manager v1.21.1" in text
+    assert "plan printed, nothing changed" in text
