@@ -174,6 +174,19 @@ def test_upgrade_tests_exist_only_in_an_upgrade_run(run):
         "test_istiod_and_every_sidecar_run_the_new_istio"}
 
 
+def test_an_upgrade_phase_the_run_did_not_reach_skips_as_blocked():
+    """A first install that stopped early leaves no upgrade record: the upgrade tests are blocked, not errors."""
+    from types import SimpleNamespace
+
+    from custom_ca_conformance.conformance.test_upgrade import _record
+    from custom_ca_conformance.vocabulary import is_blocked
+
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        _record(SimpleNamespace(state={"upgrade": {"before": {}}}), "rollout")
+    assert is_blocked(str(skipped.value)), skipped.value
+    assert "rollout phase" in str(skipped.value)
+
+
 def test_node_id_selects_one_pair(run):
     selected = collected(run("--collect-only", "-q", f"conformance/{PAIR_TESTS['matrix']}[foo-to-bar]"))
     assert [(m["function"], m["id"]) for m in selected] == [("test_mtls", "foo-to-bar")]
