@@ -265,6 +265,20 @@ def test_unknown_cluster_in_ini_is_one_usage_error_line(run):
                        r"ERROR: custom_ca_cluster: 'nope' is not one of \['existing', 'kind', 'local'\]")
 
 
+@pytest.mark.parametrize("content, problem", [
+    ("apiVersion: v1\nclusters: [\n  - {name: x\n", r"is not valid YAML: .* at line \d+"),
+    ("- a\n- b\n", r"is not a kubeconfig .*"),
+    ("apiVersion: v1\n", r"cannot be used: .*"),
+])
+def test_malformed_kubeconfig_is_one_usage_error_line_naming_the_file(run, tmp_path, content, problem):
+    kubeconfig = tmp_path / "bad.yaml"
+    kubeconfig.write_text(content)
+    line = assert_usage_error(
+        run("conformance", "-m", "rbac", "--custom-ca-cluster", "existing", "--custom-ca-kubeconfig", str(kubeconfig)),
+        rf"ERROR: kubeconfig .*bad\.yaml {problem}")
+    assert str(kubeconfig) in line
+
+
 # --- 4. a missing provider tool stops the run before anything is provisioned ----------------------
 
 
