@@ -240,6 +240,12 @@ def test_zero_tenants_is_one_usage_error_line(run):
                        r"ERROR: --custom-ca-tenants: must be at least 1, got 0")
 
 
+def test_too_many_tenants_is_one_usage_error_line(run):
+    assert_usage_error(run("--collect-only", "-q", "--custom-ca-tenants", "5000", "conformance"),
+                       r"ERROR: --custom-ca-tenants: 5000 tenants would make 25000000 pairs; "
+                       r"at most 100 tenants \(10000 pairs\) are supported")
+
+
 def test_topology_and_tenants_together_is_one_usage_error_line(run, tmp_path):
     topology = write_topology(tmp_path)
     assert_usage_error(run("--collect-only", "-q", "--custom-ca-topology", str(topology), "--custom-ca-tenants", "2", "conformance"),

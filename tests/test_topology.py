@@ -48,6 +48,17 @@ def test_generated_topology_has_one_signer_per_tenant():
     assert sum(p.same_signer for p in topology.pairs()) == 10
 
 
+def test_a_topology_of_more_tenants_than_supported_is_refused_in_one_line():
+    from custom_ca_conformance.topology import MAX_TENANTS
+
+    assert len(generated_topology(MAX_TENANTS).tenants) == MAX_TENANTS
+    with pytest.raises(TopologyError) as error:
+        generated_topology(MAX_TENANTS + 1)
+    assert str(error.value) == (f"generated topology of {MAX_TENANTS + 1} tenants: tenants: {MAX_TENANTS + 1} tenants "
+                                f"would make {(MAX_TENANTS + 1) ** 2} pairs; at most {MAX_TENANTS} tenants "
+                                f"({MAX_TENANTS ** 2} pairs) are supported")
+
+
 @pytest.mark.parametrize("document, message", [
     ({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "b"}]},
      "tenants[0].signer: 'b' is not listed in signers ['a']"),
