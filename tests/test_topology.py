@@ -59,6 +59,31 @@ def test_a_topology_of_more_tenants_than_supported_is_refused_in_one_line():
                                 f"({MAX_TENANTS ** 2} pairs) are supported")
 
 
+@pytest.mark.parametrize("namespace, why", [
+    ("kube-system", "a Kubernetes system namespace"),
+    ("kube-public", "a Kubernetes system namespace"),
+    ("kube-node-lease", "a Kubernetes system namespace"),
+    ("istio-system", "Istio's control-plane namespace"),
+    ("default", "the cluster's default namespace"),
+    ("cert-manager", "cert-manager's namespace"),
+    ("local-path-storage", "kind's storage provisioner"),
+])
+def test_a_system_namespace_as_tenant_is_refused_in_one_line(namespace, why):
+    with pytest.raises(TopologyError) as error:
+        from_document({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "a"},
+                                                     {"namespace": namespace, "signer": "a"}]},
+                      source="topology file t.yaml")
+    text = str(error.value)
+    assert text.startswith(f"topology file t.yaml: tenants[1].namespace: {namespace!r} is ") and "\n" not in text
+    assert why in text and "name a namespace of the tenant's own" in text
+
+
+def test_a_namespace_merely_resembling_a_system_one_is_a_tenant():
+    topology = from_document({"signers": ["a"], "tenants": [{"namespace": "istio-system-tenant", "signer": "a"},
+                                                            {"namespace": "my-kube-ns", "signer": "a"}]}, source="t")
+    assert [t.namespace for t in topology.tenants] == ["istio-system-tenant", "my-kube-ns"]
+
+
 @pytest.mark.parametrize("document, message", [
     ({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "b"}]},
      "tenants[0].signer: 'b' is not listed in signers ['a']"),
