@@ -294,6 +294,27 @@ def test_running_without_kind_is_one_usage_error_line(run, workdirs):
     assert list(workdirs.iterdir()) == [], "a workdir was created: provisioning started"
 
 
+@pytest.mark.parametrize("options", [
+    ("--custom-ca-istio-version", "1.29.6"),
+    ("--custom-ca-kubernetes-version", "v1.35.5"),
+    ("--custom-ca-cert-manager-version", "v1.20.0", "--custom-ca-istio-version", "1.29.6"),
+])
+def test_a_version_option_on_the_local_node_is_one_usage_error_line(run, workdirs, options):
+    line = assert_usage_error(run("conformance", "-m", "rbac", "--custom-ca-cluster", "local", *options),
+                              r"ERROR: --custom-ca-cluster local runs its pinned builds \(Kubernetes v[\d.]+, "
+                              r"Istio .+, cert-manager v[\d.]+\): drop .*, or use --custom-ca-cluster kind or existing "
+                              r"for other versions")
+    assert all(option in line for option in options[::2]), line
+    assert list(workdirs.iterdir()) == [], "a workdir was created: provisioning started"
+
+
+def test_preinstalled_on_kind_is_one_usage_error_line(run, workdirs):
+    assert_usage_error(run("conformance", "-m", "rbac", "--custom-ca-cluster", "kind", "--custom-ca-preinstalled"),
+                       r"ERROR: --custom-ca-preinstalled is for --custom-ca-cluster existing: .* "
+                       r"--custom-ca-context kind-custom-ca-conformance")
+    assert list(workdirs.iterdir()) == [], "a workdir was created: provisioning started"
+
+
 # --- 5. --custom-ca-strict-skips ----------------------------------------------------------------------------
 
 
