@@ -187,6 +187,19 @@ def test_an_upgrade_phase_the_run_did_not_reach_skips_as_blocked():
     assert "rollout phase" in str(skipped.value)
 
 
+@pytest.mark.parametrize("expression", [
+    "signer", "(signer)", "signer and not posture", "signer and not parametrize", "signer or csr", "not csr",
+    "signer or requires", "not connectivity", "rbac or signer and not csr",
+])
+def test_istio_is_skipped_exactly_when_the_marker_expression_selects_only_signer_tests(run, pytester, expression):
+    """The decision is taken before collection, from the tiers' markers; collection shows what it must agree with."""
+    from custom_ca_conformance.plugin import _signer_only
+
+    files = {m["file"] for m in collected(run("--collect-only", "-q", "-m", expression, "conformance"))}
+    assert files, f"-m {expression!r} selects no test: it cannot tell the decision right from wrong"
+    assert _signer_only(pytester.parseconfig("-m", expression)) is (files == {"test_signer_contract.py"}), files
+
+
 def test_node_id_selects_one_pair(run):
     selected = collected(run("--collect-only", "-q", f"conformance/{PAIR_TESTS['matrix']}[foo-to-bar]"))
     assert [(m["function"], m["id"]) for m in selected] == [("test_mtls", "foo-to-bar")]
