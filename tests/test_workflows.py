@@ -79,6 +79,7 @@ def test_the_lint_exception_covers_only_the_job_workflow_properties(actionlint, 
     """The same workflow with another unknown job property is still refused by actionlint under the config."""
     project = tmp_path / "project"
     (project / ".github" / "workflows").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(project)], check=True, timeout=30)  # actionlint's project root
     (project / ".github" / "actionlint.yaml").write_text((WORKFLOWS.parent / "actionlint.yaml").read_text())
     copy = project / ".github" / "workflows" / "conformance.yml"
 
