@@ -9,7 +9,7 @@ import pytest
 from custom_ca_conformance import kube, render
 from custom_ca_conformance.messages import mismatch
 from custom_ca_conformance.reports import rollout_summary
-from custom_ca_conformance.vocabulary import Stage, blocked_by_setup
+from custom_ca_conformance.vocabulary import Stage, blocked_phase
 
 pytestmark = pytest.mark.upgrade
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.upgrade
 def _record(mesh, part: str) -> dict:
     record = mesh.state.get("upgrade") or {}
     if part not in record:
-        pytest.skip(blocked_by_setup(f"the upgrade run did not get to its {part} phase"))
+        pytest.skip(blocked_phase(part))
     return record
 
 

@@ -29,7 +29,7 @@ def api(control_plane):
 
 @pytest.fixture
 def namespace(control_plane) -> str:
-    name = f"kube-{uuid.uuid4().hex[:8]}"
+    name = f"ns-{uuid.uuid4().hex[:8]}"  # kube-* is reserved for Kubernetes (and refused as a tenant)
     control_plane.ensure_namespace(name)
     return name
 

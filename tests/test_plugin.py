@@ -174,6 +174,32 @@ def test_upgrade_tests_exist_only_in_an_upgrade_run(run):
         "test_istiod_and_every_sidecar_run_the_new_istio"}
 
 
+def test_an_upgrade_phase_the_run_did_not_reach_skips_as_blocked():
+    """A first install that stopped early leaves no upgrade record: the upgrade tests are blocked, not errors."""
+    from types import SimpleNamespace
+
+    from custom_ca_conformance.conformance.test_upgrade import _record
+    from custom_ca_conformance.vocabulary import is_blocked
+
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        _record(SimpleNamespace(state={"upgrade": {"before": {}}}), "rollout")
+    assert is_blocked(str(skipped.value)), skipped.value
+    assert "rollout phase" in str(skipped.value)
+
+
+@pytest.mark.parametrize("expression", [
+    "signer", "(signer)", "signer and not posture", "signer and not parametrize", "signer or csr", "not csr",
+    "signer or requires", "not connectivity", "rbac or signer and not csr",
+])
+def test_istio_is_skipped_exactly_when_the_marker_expression_selects_only_signer_tests(run, pytester, expression):
+    """The decision is taken before collection, from the tiers' markers; collection shows what it must agree with."""
+    from custom_ca_conformance.plugin import _signer_only
+
+    files = {m["file"] for m in collected(run("--collect-only", "-q", "-m", expression, "conformance"))}
+    assert files, f"-m {expression!r} selects no test: it cannot tell the decision right from wrong"
+    assert _signer_only(pytester.parseconfig("-m", expression)) is (files == {"test_signer_contract.py"}), files
+
+
 def test_node_id_selects_one_pair(run):
     selected = collected(run("--collect-only", "-q", f"conformance/{PAIR_TESTS['matrix']}[foo-to-bar]"))
     assert [(m["function"], m["id"]) for m in selected] == [("test_mtls", "foo-to-bar")]
@@ -227,6 +253,12 @@ def test_zero_tenants_is_one_usage_error_line(run):
                        r"ERROR: --custom-ca-tenants: must be at least 1, got 0")
 
 
+def test_too_many_tenants_is_one_usage_error_line(run):
+    assert_usage_error(run("--collect-only", "-q", "--custom-ca-tenants", "5000", "conformance"),
+                       r"ERROR: --custom-ca-tenants: 5000 tenants would make 25000000 pairs; "
+                       r"at most 100 tenants \(10000 pairs\) are supported")
+
+
 def test_topology_and_tenants_together_is_one_usage_error_line(run, tmp_path):
     topology = write_topology(tmp_path)
     assert_usage_error(run("--collect-only", "-q", "--custom-ca-topology", str(topology), "--custom-ca-tenants", "2", "conformance"),
@@ -252,12 +284,47 @@ def test_unknown_cluster_in_ini_is_one_usage_error_line(run):
                        r"ERROR: custom_ca_cluster: 'nope' is not one of \['existing', 'kind', 'local'\]")
 
 
+@pytest.mark.parametrize("content, problem", [
+    ("apiVersion: v1\nclusters: [\n  - {name: x\n", r"is not valid YAML: .* at line \d+"),
+    ("- a\n- b\n", r"is not a kubeconfig .*"),
+    ("apiVersion: v1\n", r"cannot be used: .*"),
+])
+def test_malformed_kubeconfig_is_one_usage_error_line_naming_the_file(run, tmp_path, content, problem):
+    kubeconfig = tmp_path / "bad.yaml"
+    kubeconfig.write_text(content)
+    line = assert_usage_error(
+        run("conformance", "-m", "rbac", "--custom-ca-cluster", "existing", "--custom-ca-kubeconfig", str(kubeconfig)),
+        rf"ERROR: kubeconfig .*bad\.yaml {problem}")
+    assert str(kubeconfig) in line
+
+
 # --- 4. a missing provider tool stops the run before anything is provisioned ----------------------
 
 
 def test_running_without_kind_is_one_usage_error_line(run, workdirs):
     result = run("conformance", "-k", "rbac", "--custom-ca-cluster", "kind")
     assert_usage_error(result, r"ERROR: kind is required for --custom-ca-cluster kind but was not found on PATH.*")
+    assert list(workdirs.iterdir()) == [], "a workdir was created: provisioning started"
+
+
+@pytest.mark.parametrize("options", [
+    ("--custom-ca-istio-version", "1.29.6"),
+    ("--custom-ca-kubernetes-version", "v1.35.5"),
+    ("--custom-ca-cert-manager-version", "v1.20.0", "--custom-ca-istio-version", "1.29.6"),
+])
+def test_a_version_option_on_the_local_node_is_one_usage_error_line(run, workdirs, options):
+    line = assert_usage_error(run("conformance", "-m", "rbac", "--custom-ca-cluster", "local", *options),
+                              r"ERROR: --custom-ca-cluster local runs its pinned builds \(Kubernetes v[\d.]+, "
+                              r"Istio .+, cert-manager v[\d.]+\): drop .*, or use --custom-ca-cluster kind or existing "
+                              r"for other versions")
+    assert all(option in line for option in options[::2]), line
+    assert list(workdirs.iterdir()) == [], "a workdir was created: provisioning started"
+
+
+def test_preinstalled_on_kind_is_one_usage_error_line(run, workdirs):
+    assert_usage_error(run("conformance", "-m", "rbac", "--custom-ca-cluster", "kind", "--custom-ca-preinstalled"),
+                       r"ERROR: --custom-ca-preinstalled is for --custom-ca-cluster existing: .* "
+                       r"--custom-ca-context kind-custom-ca-conformance")
     assert list(workdirs.iterdir()) == [], "a workdir was created: provisioning started"
 
 

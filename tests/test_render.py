@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
+
 import pytest
 import yaml
+from kubernetes.utils.quantity import parse_quantity
 
 from custom_ca_conformance import render
 from custom_ca_conformance.pki import make_self_signed_ca
@@ -122,6 +126,38 @@ def test_istio_operator_appends_the_approval_rule_to_the_istiod_cluster_role(top
     [overlay] = render.istio_operator(topology, roots)["spec"]["components"]["pilot"]["k8s"]["overlays"]
     assert (overlay["kind"], overlay["name"]) == ("ClusterRole", "istiod-clusterrole-istio-system")
     assert overlay["patches"] == [{"path": "rules[-1]", "value": render.signer_approval_rule(topology)}]
+
+
+# kind's own kube-system requests: kube-apiserver 250m, kube-controller-manager 200m, kube-scheduler
+# 100m, etcd 100m, CoreDNS 2 x 100m, kindnet 100m (kube-proxy and local-path-provisioner ask none).
+KIND_KUBE_SYSTEM_CPU = parse_quantity("950m")
+RUNNER_CPU = parse_quantity("2")  # a 2-vCPU CI runner (GitHub's ubuntu-latest for private repositories)
+
+
+def _cpu(resources: dict) -> Decimal:
+    return parse_quantity(resources["requests"]["cpu"])
+
+
+def test_kind_requests_fit_a_two_cpu_runner_with_the_posture_client_and_a_surged_istiod(topology, roots):
+    """Every kind pod's CPU request summed: scheduling, not speed, is what a 2-vCPU runner lacks first."""
+    from custom_ca_conformance.providers.kind import KIND_PLATFORM
+
+    spec = render.istio_operator(topology, roots, KIND_PLATFORM)["spec"]
+    [gateway] = spec["components"]["ingressGateways"]
+    assert gateway["enabled"], "kind installs the default profile's ingress gateway, as the task does"
+    proxy = _cpu(spec["values"]["global"]["proxy"]["resources"])
+    # Each workload and its replacement during a rollout restart, plus the posture client.
+    sidecars = 2 * len(topology.workloads) + 1
+    istiods = 2  # the old and the surged new istiod during an upgrade
+    total = (KIND_KUBE_SYSTEM_CPU + istiods * _cpu(spec["values"]["pilot"]["resources"])
+             + _cpu(gateway["k8s"]["resources"]) + sidecars * proxy)
+    assert total <= RUNNER_CPU, f"kind's pods request {total} CPU, more than the runner's {RUNNER_CPU}"
+
+
+def test_the_default_platform_keeps_the_charts_requests(topology, roots):
+    spec = render.istio_operator(topology, roots)["spec"]
+    assert "resources" not in spec["values"]["pilot"] and "proxy" not in spec["values"]["global"]
+    assert "ingressGateways" not in spec["components"]
 
 
 def test_istio_operator_carries_the_mesh_config(topology, roots):
@@ -309,6 +345,21 @@ def test_without_cert_signers_the_chart_rule_would_allow_every_signer(istioctl, 
     del operator["spec"]["values"]["global"]["certSigners"]
     rules = _approve_rules(_generate(istioctl, operator, tmp_path))
     assert any(not r.get("resourceNames") for r in rules)
+
+
+def test_istioctl_renders_the_small_cpu_requests_into_istiod_the_gateway_and_the_injector(istioctl, topology, roots,
+                                                                                           tmp_path):
+    """The fields small_cpu_requests sets are the ones istioctl reads: istiod, the gateway and every sidecar."""
+    platform = render.Platform(small_cpu_requests=True)
+    manifest = _generate(istioctl, render.istio_operator(topology, roots, platform), tmp_path)
+    deployments = {d["metadata"]["name"]: d for d in manifest if d["kind"] == "Deployment"}
+    requests = {name: d["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+                for name, d in deployments.items() if name in ("istiod", "istio-ingressgateway")}
+    assert requests == {"istiod": render.SMALL_ISTIOD_REQUESTS["cpu"],
+                        "istio-ingressgateway": render.SMALL_PROXY_REQUESTS["cpu"]}
+    [injector] = [d for d in manifest if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "istio-sidecar-injector"]
+    proxy = json.loads(injector["data"]["values"])["global"]["proxy"]["resources"]["requests"]
+    assert proxy["cpu"] == render.SMALL_PROXY_REQUESTS["cpu"]
 
 
 def test_istioctl_renders_istiod_env_and_mesh_config(istioctl, topology, roots, tmp_path):

@@ -168,6 +168,17 @@ def test_tenants_missing_issued_csrs():
     assert mesh_installer.tenants_missing_issued_csrs(topology, records) == ["bar"]
 
 
+@pytest.mark.parametrize("vanilla_envoy", [False, True])
+def test_rejected_pushes_hint_at_the_vanilla_envoy_settings_only_on_a_vanilla_envoy(vanilla_envoy):
+    rejected = ["ADS:LDS: ACK ERROR curl-1.foo-3 Internal:Error adding/updating listener(s) virtualInbound"]
+    error = mesh_installer.xds_rejected_error("istiod-1", rejected, render.Platform(vanilla_envoy=vanilla_envoy))
+    text = str(error)
+    assert rejected[0] in text and "istio-system/istiod-1 container discovery" in text
+    hinted = all(f"{name}={value}" in text for name, value in render.VANILLA_ENVOY_ISTIOD_ENV.items())
+    assert hinted is vanilla_envoy, text
+    assert ("PILOT_ENABLE" in text) is vanilla_envoy, text
+
+
 # --- provider requirements ---------------------------------------------------------------------------
 
 

@@ -48,6 +48,42 @@ def test_generated_topology_has_one_signer_per_tenant():
     assert sum(p.same_signer for p in topology.pairs()) == 10
 
 
+def test_a_topology_of_more_tenants_than_supported_is_refused_in_one_line():
+    from custom_ca_conformance.topology import MAX_TENANTS
+
+    assert len(generated_topology(MAX_TENANTS).tenants) == MAX_TENANTS
+    with pytest.raises(TopologyError) as error:
+        generated_topology(MAX_TENANTS + 1)
+    assert str(error.value) == (f"generated topology of {MAX_TENANTS + 1} tenants: tenants: {MAX_TENANTS + 1} tenants "
+                                f"would make {(MAX_TENANTS + 1) ** 2} pairs; at most {MAX_TENANTS} tenants "
+                                f"({MAX_TENANTS ** 2} pairs) are supported")
+
+
+@pytest.mark.parametrize("namespace, why", [
+    ("kube-system", "a Kubernetes system namespace"),
+    ("kube-public", "a Kubernetes system namespace"),
+    ("kube-node-lease", "a Kubernetes system namespace"),
+    ("istio-system", "Istio's control-plane namespace"),
+    ("default", "the cluster's default namespace"),
+    ("cert-manager", "cert-manager's namespace"),
+    ("local-path-storage", "kind's storage provisioner"),
+])
+def test_a_system_namespace_as_tenant_is_refused_in_one_line(namespace, why):
+    with pytest.raises(TopologyError) as error:
+        from_document({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "a"},
+                                                     {"namespace": namespace, "signer": "a"}]},
+                      source="topology file t.yaml")
+    text = str(error.value)
+    assert text.startswith(f"topology file t.yaml: tenants[1].namespace: {namespace!r} is ") and "\n" not in text
+    assert why in text and "name a namespace of the tenant's own" in text
+
+
+def test_a_namespace_merely_resembling_a_system_one_is_a_tenant():
+    topology = from_document({"signers": ["a"], "tenants": [{"namespace": "istio-system-tenant", "signer": "a"},
+                                                            {"namespace": "my-kube-ns", "signer": "a"}]}, source="t")
+    assert [t.namespace for t in topology.tenants] == ["istio-system-tenant", "my-kube-ns"]
+
+
 @pytest.mark.parametrize("document, message", [
     ({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "b"}]},
      "tenants[0].signer: 'b' is not listed in signers ['a']"),

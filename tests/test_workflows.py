@@ -61,6 +61,40 @@ def test_the_reusable_workflow_runs_the_kind_provider_and_keeps_the_report():
     assert upload["if"] == "always()" and upload["with"]["path"] == "${{ runner.temp }}/report"
 
 
+def test_the_reusable_workflow_checks_out_the_suite_it_was_called_from_by_default():
+    """No placeholder: left empty, the suite is the repository and commit of the workflow file (job.workflow_*)."""
+    workflow = _workflow("conformance.yml")
+    called = workflow[True]["workflow_call"]["inputs"]
+    checkout = next(step for step in workflow["jobs"]["conformance"]["steps"]
+                    if step.get("name") == "Check out the suite")["with"]
+
+    assert called["suite-repository"]["default"] == "" and called["suite-ref"]["default"] == ""
+    assert checkout["repository"].startswith("${{ inputs.suite-repository || job.workflow_repository")
+    assert checkout["ref"].startswith("${{ inputs.suite-ref || (!inputs.suite-repository && (job.workflow_sha")
+    for name, job in _workflow("kind-matrix.yml")["jobs"].items():
+        assert not {"suite-repository", "suite-ref"} & set(job["with"]), f"{name} should use the default"
+
+
+def test_the_lint_exception_covers_only_the_job_workflow_properties(actionlint, tmp_path):
+    """The same workflow with another unknown job property is still refused by actionlint under the config."""
+    project = tmp_path / "project"
+    (project / ".github" / "workflows").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(project)], check=True, timeout=30)  # actionlint's project root
+    (project / ".github" / "actionlint.yaml").write_text((WORKFLOWS.parent / "actionlint.yaml").read_text())
+    copy = project / ".github" / "workflows" / "conformance.yml"
+
+    def lint() -> subprocess.CompletedProcess:
+        return subprocess.run([str(actionlint), "-no-color", ".github/workflows/conformance.yml"],
+                              capture_output=True, text=True, timeout=120, cwd=project)
+
+    copy.write_text((WORKFLOWS / "conformance.yml").read_text())
+    accepted = lint()
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    copy.write_text((WORKFLOWS / "conformance.yml").read_text().replace("job.workflow_sha", "job.workflow_shaa"))
+    refused = lint()
+    assert refused.returncode != 0 and 'property "workflow_shaa"' in refused.stdout, refused.stdout + refused.stderr
+
+
 def test_the_matrix_calls_the_reusable_workflow_without_fail_fast():
     jobs = _workflow("kind-matrix.yml")["jobs"]
 

@@ -1,0 +1,72 @@
+"""Commands README shows, run as shown on the real local node, so a documented path cannot break unseen.
+
+They need root and the built toolchain and images (``python -m custom_ca_conformance.machine_setup``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from custom_ca_conformance.errors import ProviderUnavailable
+from custom_ca_conformance.providers.base import ProviderSettings
+from custom_ca_conformance.providers.local import LocalProvider
+from custom_ca_conformance.session import STATE_ENV
+from custom_ca_conformance.topology import default_topology
+
+# One node per machine: keep these with the node self-tests on one xdist worker.
+pytestmark = pytest.mark.xdist_group("node")
+
+REPO = Path(__file__).resolve().parents[1]
+VENDOR_EXAMPLE = ("pytest conformance -m signer --custom-ca-cluster local "
+                  "--custom-ca-signer-profile examples/reference-signer-profile.yaml")
+
+
+def readme_command(command: str) -> list[str]:
+    """The command's arguments after ``pytest``, if README shows it on a line of its own."""
+    lines = [line.strip() for line in (REPO / "README.md").read_text().splitlines()]
+    assert command in lines, f"README no longer shows `{command}`: update this self-test with it"
+    return shlex.split(command)[1:]
+
+
+@pytest.fixture(scope="module")
+def local_node_available():
+    try:
+        LocalProvider(ProviderSettings(topology=default_topology())).check_requirements()
+    except ProviderUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)
+        pytest.skip(f"the local provider cannot run here: {exc}")
+
+
+def test_a_signer_only_run_records_its_figures_without_a_csr_watch(tmp_path):
+    """-m signer starts no workloads and so no CSR watch: its figures are the provisioning time alone."""
+    import time
+
+    provider = LocalProvider(ProviderSettings(topology=default_topology(), workdir=tmp_path, signer_only=True))
+    provider.state = {"timings": {}, "csr_log": str(tmp_path / "csr-events.jsonl")}
+    provider._record_figures(time.time())
+    assert set(provider.state["timings"]) == {"provision_seconds"}, provider.state
+
+
+def test_the_vendor_example_with_the_reference_signer_passes_on_the_local_node(local_node_available, tmp_path):
+    """For CA vendors: the reference signer's profile, -m signer, on the local node (no Istio, no CSR watch)."""
+    report_dir = tmp_path / "report"
+    env = {k: v for k, v in os.environ.items() if k != STATE_ENV and not k.startswith("PYTEST_XDIST")}
+    result = subprocess.run(
+        [sys.executable, "-m", *readme_command(VENDOR_EXAMPLE), "-p", "no:cacheprovider",
+         "--custom-ca-report-dir", str(report_dir)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+
+    assert result.returncode == pytest.ExitCode.OK, output[-4000:]
+    assert "INTERNALERROR" not in output and "internal error" not in output, output[-4000:]
+    outcomes = {r["nodeid"]: r["outcome"] for r in json.loads((report_dir / "report.json").read_text())["tests"]}
+    assert outcomes and all("test_signer_contract.py" in n for n in outcomes), outcomes
+    assert "passed" in outcomes.values() and "blocked" not in outcomes.values(), outcomes
