@@ -1,0 +1,118 @@
+"""A whole run on the real local node used as ``--custom-ca-cluster existing``: it deletes exactly what it made.
+
+The node starts bare; the existing provider (with the node's images as its platform and
+cert-manager from the local manifests, since nothing can be pulled here) installs cert-manager,
+the signers, Istio and the workloads, then tears down. Every object of every listable kind is
+listed before and after: the lists must be equal. A user's object put into a namespace the
+run created is left, with its namespace, named, and unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from kubernetes import client
+
+from custom_ca_conformance.errors import ProviderUnavailable, ProvisioningError
+from custom_ca_conformance.kube.apply import dynamic_client
+from custom_ca_conformance.mesh_installer import Tools
+from custom_ca_conformance.ownership import DERIVED_KINDS
+from custom_ca_conformance.providers.base import ProviderSettings
+from custom_ca_conformance.providers.existing import ExistingProvider
+from custom_ca_conformance.providers.local import LocalProvider
+from custom_ca_conformance.topology import default_topology
+
+# One node per machine: keep these with the node self-tests on one xdist worker.
+pytestmark = pytest.mark.xdist_group("node")
+
+# Kinds whose objects come and go by themselves while any cluster runs.
+VOLATILE_KINDS = DERIVED_KINDS | {"CertificateSigningRequest"}
+
+
+@pytest.fixture(scope="module")
+def bare_node(tmp_path_factory):
+    local = LocalProvider(ProviderSettings(topology=default_topology(), progress=lambda line: None,
+                                           workdir=tmp_path_factory.mktemp("node") / "work"))
+    try:
+        local.check_requirements()
+    except ProviderUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)
+        pytest.skip(f"the local provider cannot run here: {exc}")
+    node = local.start_node()
+    try:
+        yield local, node
+    finally:
+        local.teardown(local.state)
+
+
+def as_existing(local: LocalProvider, kubeconfig: str, workdir) -> ExistingProvider:
+    class LocalNodeAsExisting(ExistingProvider):
+        def platform(self, *args):
+            return local.platform()
+
+        def cert_manager_source(self):
+            return local.cert_manager_source()
+
+        def resolve_tools(self):
+            return Tools(istioctl=local.state["istioctl"])
+
+    return LocalNodeAsExisting(ProviderSettings(topology=default_topology(), workdir=workdir, kubeconfig=kubeconfig,
+                                                progress=lambda line: None))
+
+
+def cluster_objects(api) -> set[tuple[str, str, str, str]]:
+    """(group, kind, namespace, name) of every object of every listable kind, one version per kind."""
+    dynamic = dynamic_client(api)
+    dynamic.resources.invalidate_cache()
+    kinds = {}
+    for item in dynamic.resources:
+        for resource in item if isinstance(item, list) else [item]:
+            if ("list" in (getattr(resource, "verbs", None) or []) and "/" not in resource.name
+                    and not resource.kind.endswith("List") and resource.kind not in VOLATILE_KINDS):
+                if (resource.group, resource.kind) not in kinds or resource.preferred:
+                    kinds[(resource.group, resource.kind)] = resource
+    found = set()
+    for resource in kinds.values():
+        for obj in dynamic.get(resource).items:
+            found.add((resource.group, resource.kind, obj.metadata.namespace or "", obj.metadata.name))
+    return found
+
+
+def wait_settled(api, timeout: float = 180) -> None:
+    """Until no namespace is terminating and no CRD is being deleted: deletion is asynchronous."""
+    deadline = time.monotonic() + timeout
+    while True:
+        terminating = [ns.metadata.name for ns in client.CoreV1Api(api).list_namespace().items
+                       if ns.metadata.deletion_timestamp]
+        terminating += [crd.metadata.name for crd in client.ApiextensionsV1Api(api).list_custom_resource_definition().items
+                        if crd.metadata.deletion_timestamp]
+        if not terminating:
+            return
+        assert time.monotonic() < deadline, f"still being deleted after {timeout}s: {terminating}"
+        time.sleep(1)
+
+
+def test_node_a_clean_run_deletes_exactly_what_it_created_and_leaves_a_users_object(bare_node, tmp_path):
+    local, node = bare_node
+    with node.api_client() as api:
+        before = cluster_objects(api)
+        existing = as_existing(local, str(node.kubeconfig), tmp_path / "work")
+        existing.check_requirements()
+        state = existing.provision()
+        core = client.CoreV1Api(api)
+        core.create_namespaced_config_map("foo", {"metadata": {"name": "users-notes"}, "data": {"a": "b"}})
+        version = core.read_namespaced_config_map("users-notes", "foo").metadata.resource_version
+        with pytest.raises(ProvisioningError) as left:
+            existing.teardown(state)
+        assert str(left.value) == ("teardown left objects behind: left Namespace foo, which this run created: it now "
+                                   "holds 1 object(s) this run did not create (ConfigMap foo/users-notes)")
+        assert core.read_namespaced_config_map("users-notes", "foo").metadata.resource_version == version
+        core.delete_namespaced_config_map("users-notes", "foo")
+        core.delete_namespace("foo")
+        wait_settled(api)
+        after = cluster_objects(api)
+    assert sorted(after - before) == [], "left behind"
+    assert sorted(before - after) == [], "deleted although the run did not create them"
