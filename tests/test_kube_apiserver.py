@@ -16,6 +16,7 @@ import yaml
 from custom_ca_conformance import kube, render, schemas
 from custom_ca_conformance.pki import cert_to_pem, istio_style_csr, issue_leaf, make_self_signed_ca, new_private_key
 from custom_ca_conformance.errors import ProvisioningError
+from custom_ca_conformance.ownership import MANAGED_BY, MANAGED_BY_LABEL
 from custom_ca_conformance.topology import from_document
 
 FOO_CURL = "spiffe://cluster.local/ns/{ns}/sa/curl"
@@ -58,7 +59,7 @@ def test_apply_creates_cluster_scoped_and_namespaced_objects_and_is_idempotent(a
     service = client.CoreV1Api(api).read_namespaced_service("httpbin", namespace)
     assert service.spec.ports[0].target_port == 8080
     assert client.AppsV1Api(api).read_namespaced_deployment("curl", namespace).metadata.labels[
-        render.MANAGED_BY_LABEL] == render.MANAGED_BY
+        MANAGED_BY_LABEL] == MANAGED_BY
     assert kube.delete(api, list(reversed(objects))) == []
     assert kube.delete(api, objects[1:]) == []  # already gone: fine
 
