@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from custom_ca_conformance import installers, kube, render
+from custom_ca_conformance import installers, render
 from custom_ca_conformance.pki import cert_to_pem, make_intermediate_ca, make_self_signed_ca
 from custom_ca_conformance import mesh_installer
 from custom_ca_conformance.providers import existing, sidecar_mesh
