@@ -116,3 +116,28 @@ def test_node_a_clean_run_deletes_exactly_what_it_created_and_leaves_a_users_obj
         after = cluster_objects(api)
     assert sorted(after - before) == [], "left behind"
     assert sorted(before - after) == [], "deleted although the run did not create them"
+
+
+def test_node_plan_lists_the_local_run_without_provisioning(tmp_path):
+    """`--custom-ca-plan` on local: Istio's own objects from the run's istioctl, the built images; no node."""
+    import subprocess
+    import sys
+
+    local = LocalProvider(ProviderSettings(topology=default_topology(), workdir=tmp_path / "w"))
+    try:
+        local.check_requirements()
+    except ProviderUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)
+        pytest.skip(f"the local provider cannot run here: {exc}")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--pyargs",
+                             "custom_ca_conformance.conformance", "--custom-ca-cluster", "local", "--custom-ca-plan"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = result.stdout
+    assert "plan for local (single node: Kubernetes v1.36.3" in text
+    assert "    create  Deployment istio-system/istiod" in text
+    assert "    create  Deployment cert-manager/cert-manager" in text
+    assert "  image docker.io/custom-ca-conformance/pilot:" in text
+    assert "REFUSE" not in text and "istioctl is not at hand" not in text
+    assert not (tmp_path / "custom-ca-report" / "evidence" / "state.json").exists()  # nothing was provisioned
