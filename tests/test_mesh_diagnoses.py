@@ -16,6 +16,7 @@ from custom_ca_conformance.evidence import (
     AnalyzerMessage,
     DestinationRuleTls,
     Evidence,
+    InjectorConfig,
     PeerAuthenticationPolicy,
     PodInjection,
 )
@@ -116,6 +117,22 @@ def test_truthy_settings_and_an_injected_pod_are_not_declined():
         pod = _bare("bar", "curl", annotations={"sidecar.istio.io/inject": value})
         assert injection_decline(pod, webhooks=None) is None, value
     assert injection_decline(_pod("bar", "curl", host_network=True), WEBHOOKS) is None
+
+
+def test_istiods_injection_policy_is_read_as_injectrequired_reads_it():
+    never = InjectorConfig("enabled", never_inject=({"matchExpressions": [{"key": "app", "operator": "In",
+                                                                             "values": ["curl"]}]},))
+    found = diagnose(TOPOLOGY, _replace_pod(_evidence(injector_config=never), _bare("bar", "curl")))
+    diagnosis = _only(found, diagnoses.KIND_INJECTION_DECLINED, "bar/curl")
+    _contains(diagnosis.cause, "neverInjectSelector", "the cause")
+    _contains(diagnosis.cause, "ConfigMap istio-system/istio-sidecar-injector key config", "the cause")
+    asked = _bare("bar", "curl", annotations={"sidecar.istio.io/inject": "true"})
+    assert injection_decline(asked, None, never) is None, "a Pod asking for a sidecar is not never-injected"
+    disabled = InjectorConfig("disabled", always_inject=({"matchLabels": {"app": "httpbin"}},))
+    assert "policy: disabled" in injection_decline(_bare("bar", "curl"), None, disabled).setting
+    assert injection_decline(_bare("bar", "httpbin", labels={"app": "httpbin"}), None, disabled) is None
+    assert injection_decline(_bare("bar", "curl"), None, InjectorConfig("disabled", never_inject=({},))) \
+        .setting == "policy: disabled", "an empty selector selects nothing"
 
 
 def test_a_cluster_without_an_injector_webhook_says_so():
