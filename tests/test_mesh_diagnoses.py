@@ -215,6 +215,18 @@ def test_istio_mutual_and_other_hosts_are_not_named():
     _contains(found[0].cause, "(server foo/httpbin)", "a short host in foo names foo's server only")
 
 
+@pytest.mark.parametrize(("annotation", "value"), [
+    ("traffic.sidecar.istio.io/excludeOutboundPorts", "8000"), ("traffic.sidecar.istio.io/excludeInboundPorts", "*"),
+    ("traffic.sidecar.istio.io/includeOutboundIPRanges", "10.0.0.0/8")])
+def test_a_pod_that_keeps_traffic_out_of_its_sidecar_is_named(annotation, value):
+    pod = _pod("bar", "curl", annotations={**STATUS, annotation: value})
+    diagnosis = _only(diagnose(TOPOLOGY, _replace_pod(_evidence(), pod)), diagnoses.KIND_TRAFFIC_BYPASSES_SIDECAR,
+                      "bar/curl")
+    _contains(diagnosis.cause, f"{annotation}={value!r}", "the cause")
+    harmless = _pod("bar", "curl", annotations={**STATUS, "traffic.sidecar.istio.io/includeOutboundIPRanges": "*"})
+    assert diagnose(TOPOLOGY, _replace_pod(_evidence(), harmless)) == []
+
+
 # --- istioctl analyze ---------------------------------------------------------------------------------------
 
 
