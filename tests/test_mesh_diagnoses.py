@@ -264,3 +264,11 @@ def test_what_was_checked_names_what_could_not_be_read():
     _contains(looked, "PeerAuthentications not read (unavailable: ApiException: (403) Forbidden)", "what was checked")
     _contains(looked, "istioctl analyze: not run (unavailable: istioctl analyze failed", "what was checked")
     _contains(looked, "istiod: no Deployment istio-system/istiod to read", "what was checked")
+
+
+def test_a_setup_failure_without_a_named_cause_says_what_was_checked():
+    from custom_ca_conformance.session import SetupFailure
+
+    text = SetupFailure(stage="workloads", step="waiting for workloads", message="timed out after 60s",
+                        checked=("istiod: fine", "mTLS policy: fine")).describe()
+    assert f"likely cause: {diagnoses.NO_KNOWN_CAUSE}; checked:\n  - istiod: fine\n  - mTLS policy: fine" in text, text
