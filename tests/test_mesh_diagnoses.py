@@ -227,6 +227,14 @@ def test_a_pod_that_keeps_traffic_out_of_its_sidecar_is_named(annotation, value)
     assert diagnose(TOPOLOGY, _replace_pod(_evidence(), harmless)) == []
 
 
+def test_the_diagnoses_about_a_failed_pair_come_first():
+    rule = DestinationRuleTls("bar", "plain", "httpbin", "DISABLE")
+    found = diagnose(TOPOLOGY, _evidence(destination_rules=(rule,), peer_authentications=(_peer("foo", "DISABLE"),)))
+    assert [d.subject for d in found] == ["foo/httpbin", "bar/plain"], _named(found)
+    assert [d.subject for d in diagnoses.about_first(found, ("bar/curl", "bar/httpbin"))] == ["bar/plain",
+                                                                                              "foo/httpbin"]
+
+
 # --- istioctl analyze ---------------------------------------------------------------------------------------
 
 
