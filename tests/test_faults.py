@@ -299,6 +299,7 @@ def test_a_setup_fault_is_reported_once_and_the_tests_that_need_less_still_run(
     evidence = report_dir / "evidence"
     assert f"evidence kept in {evidence}" in output, output[-3000:]
     assert (evidence / "provision.log").is_file() and (evidence / "evidence" / "evidence.json").is_file()
+    assert (evidence / "evidence" / "istioctl-analyze.json").is_file(), sorted((evidence / "evidence").iterdir())
     assert list((evidence / "node-logs").glob("kubelet*")), sorted(p.name for p in evidence.iterdir())
     node_dir = Path(json.loads((evidence / "state.json").read_text())["state"]["node_workdir"])
     assert node.leftovers(node_dir, machine_wide=False) == {} and not node_dir.exists(), node_dir

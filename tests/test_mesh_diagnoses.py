@@ -280,3 +280,17 @@ def test_a_setup_failure_without_a_named_cause_says_what_was_checked():
     text = SetupFailure(stage="workloads", step="waiting for workloads", message="timed out after 60s",
                         checked=("istiod: fine", "mTLS policy: fine")).describe()
     assert f"likely cause: {diagnoses.NO_KNOWN_CAUSE}; checked:\n  - istiod: fine\n  - mTLS policy: fine" in text, text
+
+
+def test_an_analyzer_that_fails_is_recorded_as_unavailable_never_raised(tmp_path):
+    from custom_ca_conformance.evidence_collection import istioctl_analysis
+
+    broken = tmp_path / "istioctl"
+    broken.write_text("#!/bin/sh\necho 'Error: could not connect to the cluster' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    for istioctl in (str(broken), str(tmp_path / "absent")):
+        evidence = istioctl_analysis({"istioctl": istioctl, "kubeconfig": "kubeconfig"}, tmp_path / "out",
+                                     Evidence(now=NOW))
+        assert evidence.analyzer_messages is None, evidence.analyzer_messages
+        _contains(evidence.sources["analyzer_messages"], "unavailable: ", "the analyzer's source")
+    assert "not run (unavailable:" in "\n".join(checked(TOPOLOGY, evidence))
