@@ -221,7 +221,8 @@ def test_a_workload_whose_pod_declines_injection_is_named_at_once(local_provider
 
 MTLS_FAULT_PLUGIN = textwrap.dedent('''
     def pytest_custom_ca_adjust(kind, value, config):
-        """Plaintext on both servers' paths: foo's PeerAuthentication DISABLE, a DestinationRule DISABLE to bar."""
+        """Plaintext on every path: foo's PeerAuthentication DISABLE, a DestinationRule DISABLE to bar, bar's curl
+        sending port 8000 around its sidecar; and a VirtualService naming a Gateway nobody made (istioctl analyze)."""
         if kind == "proxy-configs":
             value.append({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
                           "metadata": {"name": "no-mtls", "namespace": "foo"}, "spec": {"mtls": {"mode": "DISABLE"}}})
@@ -229,6 +230,16 @@ MTLS_FAULT_PLUGIN = textwrap.dedent('''
                           "metadata": {"name": "plain-to-bar", "namespace": "bar"},
                           "spec": {"host": "httpbin.bar.svc.cluster.local",
                                    "trafficPolicy": {"tls": {"mode": "DISABLE"}}}})
+            value.append({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                          "metadata": {"name": "via-missing-gateway", "namespace": "bar"},
+                          "spec": {"hosts": ["httpbin.example.com"], "gateways": ["missing-gateway"],
+                                   "http": [{"route": [{"destination": {"host": "httpbin"}}]}]}})
+        if kind == "workloads":
+            for obj in value:
+                if obj["kind"] == "Deployment" and obj["metadata"]["namespace"] == "bar" \\
+                        and obj["metadata"]["name"] == "curl":
+                    annotations = obj["spec"]["template"]["metadata"].setdefault("annotations", {})
+                    annotations["traffic.sidecar.istio.io/excludeOutboundPorts"] = "8000"
 ''')
 
 
@@ -252,7 +263,11 @@ def test_plaintext_pairs_are_explained_by_the_mesh_mtls_policy(local_provider_av
             "test_same_signer_request_is_mutual_tls[bar-to-bar]"} <= set(failed), sorted(failed)
     named_kinds = {(d["kind"], d["subject"]) for d in failed["test_mtls[foo-to-bar]"]["diagnoses"]}
     assert {(diagnoses.KIND_PEER_AUTHENTICATION_DISABLED, "foo/httpbin"),
-            (diagnoses.KIND_DESTINATION_RULE_NOT_ISTIO_MUTUAL, "bar/plain-to-bar")} <= named_kinds, named_kinds
+            (diagnoses.KIND_DESTINATION_RULE_NOT_ISTIO_MUTUAL, "bar/plain-to-bar"),
+            (diagnoses.KIND_TRAFFIC_BYPASSES_SIDECAR, "bar/curl"),
+            (diagnoses.KIND_ISTIO_ANALYZER, "IST0101")} <= named_kinds, named_kinds
+    first = failed["test_mtls[bar-to-foo]"]["diagnoses"][0]
+    assert first["subject"] in ("foo/httpbin", "bar/curl"), f"expected bar-to-foo's own cause first, seen {first}"
     analyses = list((report_dir / "evidence").glob("after-test-failure-*/istioctl-analyze.json"))
     assert analyses and json.loads(analyses[0].read_text()) is not None, sorted((report_dir / "evidence").iterdir())
 
