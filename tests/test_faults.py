@@ -223,6 +223,82 @@ def test_configuration_the_sidecars_reject_is_named(local_provider_available, tm
     assert diagnoses.KIND_ENVOY_REJECTED_CONFIG in {kind for kind, _ in named(error)}, explain(error)
 
 
+# --- faults in the workloads and the mesh's mTLS policy -------------------------------------------
+
+
+def test_a_workload_whose_pod_declines_injection_is_named_at_once(local_provider_available, tmp_path):
+    """bar's curl Deployment says sidecar.istio.io/inject=false when it is started (not in the injection dry run)."""
+    calls = []
+
+    def fault(kind, value):
+        if kind == "workloads":
+            calls.append(kind)
+            if len(calls) >= 3:  # 1: ServiceAccounts, 2: the injection dry run, 3: the workloads started
+                deployment = next(o for o in value if o["kind"] == "Deployment"
+                                  and o["metadata"]["namespace"] == "bar" and o["metadata"]["name"] == "curl")
+                deployment["spec"]["template"]["metadata"]["labels"][diagnoses.INJECT_KEY] = "false"
+
+    error = provision_with_fault(tmp_path, fault)
+    assert (diagnoses.KIND_INJECTION_DECLINED, "bar/curl") in named(error), explain(error)
+    declined = next(d for d in error.diagnoses if d.kind == diagnoses.KIND_INJECTION_DECLINED)
+    assert "label sidecar.istio.io/inject='false' on the pod template of Deployment bar/curl" in declined.cause, \
+        declined.cause
+    assert str(error).startswith("stopped while"), f"expected the wait to stop on the verdict, seen: {error}"
+
+
+MTLS_FAULT_PLUGIN = textwrap.dedent('''
+    def pytest_custom_ca_adjust(kind, value, config):
+        """Plaintext on every path: foo's PeerAuthentication DISABLE, a DestinationRule DISABLE to bar, bar's curl
+        sending port 8000 around its sidecar; and a VirtualService naming a Gateway nobody made (istioctl analyze)."""
+        if kind == "proxy-configs":
+            value.append({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+                          "metadata": {"name": "no-mtls", "namespace": "foo"}, "spec": {"mtls": {"mode": "DISABLE"}}})
+            value.append({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                          "metadata": {"name": "plain-to-bar", "namespace": "bar"},
+                          "spec": {"host": "httpbin.bar.svc.cluster.local",
+                                   "trafficPolicy": {"tls": {"mode": "DISABLE"}}}})
+            value.append({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                          "metadata": {"name": "via-missing-gateway", "namespace": "bar"},
+                          "spec": {"hosts": ["httpbin.example.com"], "gateways": ["missing-gateway"],
+                                   "http": [{"route": [{"destination": {"host": "httpbin"}}]}]}})
+        if kind == "workloads":
+            for obj in value:
+                if obj["kind"] == "Deployment" and obj["metadata"]["namespace"] == "bar" \\
+                        and obj["metadata"]["name"] == "curl":
+                    annotations = obj["spec"]["template"]["metadata"].setdefault("annotations", {})
+                    annotations["traffic.sidecar.istio.io/excludeOutboundPorts"] = "8000"
+''')
+
+
+def test_plaintext_pairs_are_explained_by_the_mesh_mtls_policy(local_provider_available, pytester, monkeypatch):
+    """Every pair connects without mutual TLS; each failed test names the PeerAuthentication and DestinationRule."""
+    pytester.makepyfile(mtls_fault_plugin=MTLS_FAULT_PLUGIN)
+    monkeypatch.setenv("PYTHONPATH", f"{pytester.path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("CUSTOM_CA_CONFORMANCE_CACHE", str(CACHE_ROOT))
+    report_dir = pytester.path / "reports"
+    result = pytester.runpytest_subprocess(
+        "-p", "mtls_fault_plugin", "--pyargs", "custom_ca_conformance.conformance.test_connectivity",
+        "--custom-ca-cluster", "local", "-k", "test_mtls or mutual_tls", "--custom-ca-report-dir", str(report_dir),
+        "-p", "no:cacheprovider", timeout=900)
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output[-3000:]
+    assert "Traceback" not in output and "none of the known causes" not in output, output[-3000:]
+
+    report = json.loads((report_dir / "report.json").read_text())
+    failed = {r["nodeid"].rsplit("::", 1)[-1]: r for r in report["tests"] if r["outcome"] == "failed"}
+    assert {"test_mtls[foo-to-bar]", "test_mtls[bar-to-foo]", "test_same_signer_request_is_mutual_tls[foo-to-foo]",
+            "test_same_signer_request_is_mutual_tls[bar-to-bar]"} <= set(failed), sorted(failed)
+    named_kinds = {(d["kind"], d["subject"]) for d in failed["test_mtls[foo-to-bar]"]["diagnoses"]}
+    assert {(diagnoses.KIND_PEER_AUTHENTICATION_DISABLED, "foo/httpbin"),
+            (diagnoses.KIND_DESTINATION_RULE_NOT_ISTIO_MUTUAL, "bar/plain-to-bar"),
+            (diagnoses.KIND_TRAFFIC_BYPASSES_SIDECAR, "bar/curl"),
+            (diagnoses.KIND_ISTIO_ANALYZER, "IST0101")} <= named_kinds, named_kinds
+    first = failed["test_mtls[bar-to-foo]"]["diagnoses"][0]
+    assert first["subject"] in ("foo/httpbin", "bar/curl"), f"expected bar-to-foo's own cause first, seen {first}"
+    analyses = list((report_dir / "evidence").glob("after-test-failure-*/istioctl-analyze.json"))
+    assert analyses and json.loads(analyses[0].read_text()) is not None, sorted((report_dir / "evidence").iterdir())
+
+
 # --- how a pytest run reports a setup fault ------------------------------------------------------------
 
 
@@ -265,6 +341,7 @@ def test_a_setup_fault_is_reported_once_and_the_tests_that_need_less_still_run(
     evidence = report_dir / "evidence"
     assert f"evidence kept in {evidence}" in output, output[-3000:]
     assert (evidence / "provision.log").is_file() and (evidence / "evidence" / "evidence.json").is_file()
+    assert (evidence / "evidence" / "istioctl-analyze.json").is_file(), sorted((evidence / "evidence").iterdir())
     assert list((evidence / "node-logs").glob("kubelet*")), sorted(p.name for p in evidence.iterdir())
     node_dir = Path(json.loads((evidence / "state.json").read_text())["state"]["node_workdir"])
     assert node.leftovers(node_dir, machine_wide=False) == {} and not node_dir.exists(), node_dir

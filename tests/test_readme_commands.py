@@ -60,7 +60,7 @@ def test_the_vendor_example_with_the_reference_signer_passes_on_the_local_node(l
     report_dir = tmp_path / "report"
     env = {k: v for k, v in os.environ.items() if k != STATE_ENV and not k.startswith("PYTEST_XDIST")}
     result = subprocess.run(
-        [sys.executable, "-m", *readme_command(VENDOR_EXAMPLE), "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", *readme_command(VENDOR_EXAMPLE), "-p", "no:cacheprovider",
          "--custom-ca-report-dir", str(report_dir)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     output = result.stdout + result.stderr

@@ -573,3 +573,24 @@ def test_probe_fixture_and_session_facts_make_the_report(run, pytester):
         "setup phases: signers 1.5s, istio 2.0s (total 3.5s)",
         "  foo            ok*conn-fail!",
     ])
+
+
+def test_what_was_checked_is_said_once_for_all_unexplained_failures(run, pytester):
+    """Two failed tests without a named cause: the summary lists what was checked once, not per test."""
+    pytester.makepyfile(test_unexplained=textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.parametrize("n", [1, 2])
+        def test_fails(request, n):
+            request.node.user_properties.append(("custom_ca_checked", ["istiod: fine", "mTLS policy: fine"]))
+            assert False
+        """))
+    result = run("--custom-ca-report-dir", "out")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
+    result.stdout.fnmatch_lines([
+        "*= custom-ca summary =*",
+        "custom-ca: none of the known causes shows in the evidence for 2 failed test(s); checked:",
+        "  - istiod: fine",
+        "  - mTLS policy: fine",
+    ])
+    assert output(result).count("  - istiod: fine") == 1, output(result)
