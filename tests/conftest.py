@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from custom_ca_conformance import toolchain
@@ -38,3 +40,19 @@ def control_plane(control_plane_toolchain, tmp_path_factory):
                                 progress=lambda line: None)
     yield plane
     plane.stop()
+
+
+@pytest.fixture(scope="module")
+def local_provider_available() -> None:
+    """The local provider can run here: in CI its tests must run, elsewhere they may skip."""
+    from custom_ca_conformance.errors import ProviderUnavailable
+    from custom_ca_conformance.providers.base import ProviderSettings
+    from custom_ca_conformance.providers.local import LocalProvider
+    from custom_ca_conformance.topology import default_topology
+
+    try:
+        LocalProvider(ProviderSettings(topology=default_topology())).check_requirements()
+    except ProviderUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)
+        pytest.skip(f"the local provider cannot run here: {exc}")

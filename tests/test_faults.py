@@ -43,17 +43,6 @@ CONTROLLERS_WITHOUT_CSR_CA_SIGNER = ",".join([
 ])
 
 
-@pytest.fixture(scope="module")
-def local_provider_available():
-    from custom_ca_conformance.errors import ProviderUnavailable
-
-    try:
-        LocalProvider(ProviderSettings(topology=default_topology())).check_requirements()
-    except ProviderUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)
-        pytest.skip(f"the local provider cannot run here: {exc}")
-
 
 def provision_with_fault(tmp_path: Path, fault, topology=None, upgrade_from=None,
                          states: list | None = None) -> ProvisioningError:

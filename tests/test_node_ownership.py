@@ -9,13 +9,12 @@ run created is left, with its namespace, named, and unchanged.
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 from kubernetes import client
 
-from custom_ca_conformance.errors import ProviderUnavailable, ProvisioningError
+from custom_ca_conformance.errors import ProvisioningError
 from custom_ca_conformance.kube.apply import dynamic_client
 from custom_ca_conformance.mesh_installer import Tools
 from custom_ca_conformance.ownership import DERIVED_KINDS
@@ -32,15 +31,10 @@ VOLATILE_KINDS = DERIVED_KINDS | {"CertificateSigningRequest"}
 
 
 @pytest.fixture(scope="module")
-def bare_node(tmp_path_factory):
+def bare_node(local_provider_available, tmp_path_factory):
     local = LocalProvider(ProviderSettings(topology=default_topology(), progress=lambda line: None,
                                            workdir=tmp_path_factory.mktemp("node") / "work"))
-    try:
-        local.check_requirements()
-    except ProviderUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)
-        pytest.skip(f"the local provider cannot run here: {exc}")
+    local.check_requirements()
     node = local.start_node()
     try:
         yield local, node
@@ -118,18 +112,11 @@ def test_node_a_clean_run_deletes_exactly_what_it_created_and_leaves_a_users_obj
     assert sorted(before - after) == [], "deleted although the run did not create them"
 
 
-def test_node_plan_lists_the_local_run_without_provisioning(tmp_path):
+def test_node_plan_lists_the_local_run_without_provisioning(local_provider_available, tmp_path):
     """`--custom-ca-plan` on local: Istio's own objects from the run's istioctl, the built images; no node."""
     import subprocess
     import sys
 
-    local = LocalProvider(ProviderSettings(topology=default_topology(), workdir=tmp_path / "w"))
-    try:
-        local.check_requirements()
-    except ProviderUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)
-        pytest.skip(f"the local provider cannot run here: {exc}")
     result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--pyargs",
                              "custom_ca_conformance.conformance", "--custom-ca-cluster", "local", "--custom-ca-plan"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=300)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from custom_ca_conformance.errors import ProviderUnavailable
 from custom_ca_conformance.providers.base import ProviderSettings
 from custom_ca_conformance.providers.local import LocalProvider
 from custom_ca_conformance.session import STATE_ENV
@@ -35,15 +34,6 @@ def readme_command(command: str) -> list[str]:
     return shlex.split(command)[1:]
 
 
-@pytest.fixture(scope="module")
-def local_node_available():
-    try:
-        LocalProvider(ProviderSettings(topology=default_topology())).check_requirements()
-    except ProviderUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)
-        pytest.skip(f"the local provider cannot run here: {exc}")
-
 
 def test_a_signer_only_run_records_its_figures_without_a_csr_watch(tmp_path):
     """-m signer starts no workloads and so no CSR watch: its figures are the provisioning time alone."""
@@ -55,7 +45,7 @@ def test_a_signer_only_run_records_its_figures_without_a_csr_watch(tmp_path):
     assert set(provider.state["timings"]) == {"provision_seconds"}, provider.state
 
 
-def test_the_vendor_example_with_the_reference_signer_passes_on_the_local_node(local_node_available, tmp_path):
+def test_the_vendor_example_with_the_reference_signer_passes_on_the_local_node(local_provider_available, tmp_path):
     """For CA vendors: the reference signer's profile, -m signer, on the local node (no Istio, no CSR watch)."""
     report_dir = tmp_path / "report"
     env = {k: v for k, v in os.environ.items() if k != STATE_ENV and not k.startswith("PYTEST_XDIST")}
