@@ -216,16 +216,15 @@ def test_configuration_the_sidecars_reject_is_named(local_provider_available, tm
 
 
 def test_a_workload_whose_pod_declines_injection_is_named_at_once(local_provider_available, tmp_path):
-    """bar's curl Deployment says sidecar.istio.io/inject=false when it is started (not in the injection dry run)."""
-    calls = []
+    """bar's curl Deployment says sidecar.istio.io/inject=false: the injection dry run stops before any workload starts.
 
+    The adjust hook is called once per kind, so the dry run sees exactly the Deployment that would be started.
+    """
     def fault(kind, value):
         if kind == "workloads":
-            calls.append(kind)
-            if len(calls) >= 3:  # 1: ServiceAccounts, 2: the injection dry run, 3: the workloads started
-                deployment = next(o for o in value if o["kind"] == "Deployment"
-                                  and o["metadata"]["namespace"] == "bar" and o["metadata"]["name"] == "curl")
-                deployment["spec"]["template"]["metadata"]["labels"][diagnoses.INJECT_KEY] = "false"
+            deployment = next(o for o in value if o["kind"] == "Deployment"
+                              and o["metadata"]["namespace"] == "bar" and o["metadata"]["name"] == "curl")
+            deployment["spec"]["template"]["metadata"]["labels"][diagnoses.INJECT_KEY] = "false"
 
     error = provision_with_fault(tmp_path, fault)
     assert (diagnoses.KIND_INJECTION_DECLINED, "bar/curl") in named(error), explain(error)
