@@ -23,7 +23,7 @@ LAYERS = (
     ("records", ("errors", "evidence", "messages", "vocabulary", "hookspecs")),
     ("pure logic and pins", ("topology", "documents", "schemas", "pki", "outcomes", "toolchain",
                              "reports", "diagnoses", "posture")),
-    ("cluster I/O and rendering", ("kube", "injection", "installers", "tools", "render", "csr_contract",
+    ("cluster I/O and rendering", ("kube", "injection", "installers", "tools", "render", "csr_contract", "signals",
                                    "signer_profile", "localplane", "images", "signer.reference",
                                    "signer.__main__")),
     ("install sequences", ("evidence_collection", "mesh_installer", "signer_install", "signer.deploy", "signer", "localplane.node")),
