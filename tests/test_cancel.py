@@ -166,8 +166,9 @@ def test_a_node_whose_owner_was_killed_is_no_obstacle_and_is_named_as_left(own_c
                                      "(`custom-ca-conformance-node stop` removes it); no process of it runs")
 
 
-def test_stop_without_a_recorded_node_says_so(own_cache):
-    result = subprocess.run([*NODE_SCRIPT, "stop"], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("command", [NODE_COMMAND, NODE_SCRIPT], ids=["console-script", "python-m"])
+def test_stop_without_a_recorded_node_says_so(own_cache, command):
+    result = subprocess.run([*command, "stop"], capture_output=True, text=True, timeout=60)
 
     assert (result.returncode, result.stdout) == (0, "no local node is recorded on this machine\n")
 
