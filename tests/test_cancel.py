@@ -194,6 +194,7 @@ class LiveRun:
             cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True)  # its own process group, as a terminal's foreground job
         self.lines: list[str] = []
+        self._ended = False  # its output closed
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -203,6 +204,7 @@ class LiveRun:
                 self.lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
         with self._changed:
+            self._ended = True
             self._changed.notify_all()
 
     @property
@@ -217,7 +219,7 @@ class LiveRun:
                 found = next(filter(None, map(pattern.search, self.lines)), None)
                 if found:
                     return found
-                if self.process.poll() is not None and self.process.stdout.closed or time.monotonic() > deadline:
+                if self._ended or time.monotonic() > deadline:
                     pytest.fail(f"expected a line matching {pattern.pattern!r}, the run printed:\n{self.output}")
                 self._changed.wait(timeout=1)
 
@@ -233,7 +235,8 @@ class LiveRun:
         except subprocess.TimeoutExpired:
             self.signal(signal.SIGKILL, group=True)
             pytest.fail(f"the run did not end within {timeout}s after its signal; it printed:\n{self.output}")
-        time.sleep(0.5)  # the reader takes the last lines
+        with self._changed:  # the last lines (a child of the run may hold its output a moment longer)
+            self._changed.wait_for(lambda: self._ended, timeout=30)
         return code
 
 
