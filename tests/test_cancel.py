@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from custom_ca_conformance.localplane import node
+from custom_ca_conformance.localplane import host, node
 from custom_ca_conformance.toolchain import CACHE_ENV, cache_root
 
 CACHE_ROOT = cache_root()
@@ -98,7 +98,7 @@ HOLDER = """
     import sys, time
     from pathlib import Path
     from custom_ca_conformance import signals
-    from custom_ca_conformance.localplane import node
+    from custom_ca_conformance.localplane import host, node
     workdir = Path(sys.argv[1])
     node._lock_machine(workdir)
     node._record_active(workdir)
@@ -258,6 +258,7 @@ def local_node_available():
 def _assert_nothing_left(node_dir: Path, run: LiveRun) -> None:
     # Machine-wide: this test holds the machine's one node (xdist group "node").
     assert node.leftovers(node_dir) == {}, run.output
+    assert host.mounts_under(["/run/netns", "/run/containerd", "/var/lib/kubelet"]) == [], run.output
     assert not node_dir.exists(), run.output
     assert node.machine_owner() is None, run.output
 
