@@ -380,5 +380,6 @@ def test_a_node_owned_by_a_live_run_is_refused_and_the_stop_command_ends_that_ru
 
     assert stop.returncode == 0, stop.stdout + stop.stderr
     assert f"pid {owner.process.pid}" in stop.stdout and "sent it SIGTERM" in stop.stdout, stop.stdout
+    assert f"pid {owner.process.pid} removed its node in {node_dir}" in stop.stdout, stop.stdout
     _assert_interrupted(owner.finish(), owner, "SIGTERM")
     _assert_nothing_left(node_dir, owner)
