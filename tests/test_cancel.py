@@ -126,7 +126,7 @@ def _hold(workdir: Path) -> subprocess.Popen:
     return holder
 
 
-def test_a_node_owned_by_a_live_process_is_refused_naming_its_pid_and_the_command_that_stops_it(own_cache, tmp_path):
+def test_a_live_owner_is_refused_naming_its_pid_and_the_command_that_stops_it(own_cache, tmp_path):
     workdir = tmp_path / "node-of-another-run"
     holder = _hold(workdir)
     try:
@@ -153,7 +153,7 @@ def test_a_node_owned_by_a_live_process_is_refused_naming_its_pid_and_the_comman
     assert node.machine_owner() is None
 
 
-def test_a_node_whose_owner_was_killed_is_no_obstacle_and_is_named_as_left(own_cache, tmp_path):
+def test_a_killed_owner_is_no_obstacle_and_is_named_as_gone(own_cache, tmp_path):
     workdir = tmp_path / "node-of-a-killed-run"
     holder = _hold(workdir)
     holder.send_signal(signal.SIGKILL)
@@ -167,7 +167,7 @@ def test_a_node_whose_owner_was_killed_is_no_obstacle_and_is_named_as_left(own_c
 
 
 @pytest.mark.parametrize("command", [NODE_COMMAND, NODE_SCRIPT], ids=["console-script", "python-m"])
-def test_stop_without_a_recorded_node_says_so(own_cache, command):
+def test_stop_with_nothing_recorded_says_so(own_cache, command):
     result = subprocess.run([*command, "stop"], capture_output=True, text=True, timeout=60)
 
     assert (result.returncode, result.stdout) == (0, "no local node is recorded on this machine\n")
