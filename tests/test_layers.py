@@ -24,7 +24,7 @@ LAYERS = (
     ("pure logic and pins", ("topology", "documents", "schemas", "pki", "outcomes", "toolchain",
                              "reports", "diagnoses", "posture", "ownership", "access")),
     ("cluster I/O and rendering", ("kube", "cert_manager_cluster", "injection", "installers", "tools", "render",
-                                   "csr_contract", "survey",
+                                   "csr_contract", "survey", "signals",
                                    "signer_profile", "localplane", "images", "signer.reference",
                                    "signer.__main__")),
     ("install sequences", ("evidence_collection", "mesh_installer", "plan", "signer_install", "signer.deploy", "signer", "localplane.node")),
