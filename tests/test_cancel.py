@@ -240,20 +240,6 @@ class LiveRun:
         return code
 
 
-@pytest.fixture(scope="module")
-def local_node_available():
-    from custom_ca_conformance.errors import ProviderUnavailable
-    from custom_ca_conformance.providers.base import ProviderSettings
-    from custom_ca_conformance.providers.local import LocalProvider
-    from custom_ca_conformance.topology import default_topology
-
-    try:
-        LocalProvider(ProviderSettings(topology=default_topology())).check_requirements()
-    except ProviderUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)
-        pytest.skip(f"the local provider cannot run here: {exc}")
-
 
 def _assert_nothing_left(node_dir: Path, run: LiveRun) -> None:
     # Machine-wide: this test holds the machine's one node (xdist group "node").
@@ -280,7 +266,7 @@ def _assert_next_run_starts(tmp_path: Path) -> None:
 
 
 @pytest.mark.xdist_group("node")
-def test_sigterm_during_provisioning_removes_the_node_and_the_next_run_starts(local_node_available, tmp_path):
+def test_sigterm_during_provisioning_removes_the_node_and_the_next_run_starts(local_provider_available, tmp_path):
     run = LiveRun(tmp_path / "first")
     run.wait_for(NODE_READY)  # the node runs pods; cert-manager and Istio are being installed
     node_dir = run.node_dir()
@@ -293,7 +279,7 @@ def test_sigterm_during_provisioning_removes_the_node_and_the_next_run_starts(lo
 
 
 @pytest.mark.xdist_group("node")
-def test_sigterm_during_the_tests_removes_the_node(local_node_available, tmp_path):
+def test_sigterm_during_the_tests_removes_the_node(local_provider_available, tmp_path):
     run = LiveRun(tmp_path / "first", "-n", "2")
     node_dir = run.node_dir()
     run.wait_for(A_TEST_DONE)
@@ -305,7 +291,7 @@ def test_sigterm_during_the_tests_removes_the_node(local_node_available, tmp_pat
 
 
 @pytest.mark.xdist_group("node")
-def test_ctrl_c_twice_during_the_tests_removes_the_node(local_node_available, tmp_path):
+def test_ctrl_c_twice_during_the_tests_removes_the_node(local_provider_available, tmp_path):
     # A terminal sends SIGINT to the whole foreground group (pytest and its xdist workers); an
     # impatient user presses again a second later, as a CI cancel follows SIGINT with SIGTERM.
     run = LiveRun(tmp_path / "first", "-n", "2")
@@ -326,7 +312,7 @@ def test_ctrl_c_twice_during_the_tests_removes_the_node(local_node_available, tm
 
 
 @pytest.mark.xdist_group("node")
-def test_a_node_left_by_a_killed_run_is_removed_by_the_next_run_which_says_so(local_node_available, tmp_path):
+def test_a_node_left_by_a_killed_run_is_removed_by_the_next_run_which_says_so(local_provider_available, tmp_path):
     killed = LiveRun(tmp_path / "killed")
     killed.wait_for(NODE_READY)
     node_dir = killed.node_dir()
@@ -350,7 +336,7 @@ def test_a_node_left_by_a_killed_run_is_removed_by_the_next_run_which_says_so(lo
 
 
 @pytest.mark.xdist_group("node")
-def test_a_node_left_by_a_killed_run_is_removed_by_the_stop_command(local_node_available, tmp_path):
+def test_a_node_left_by_a_killed_run_is_removed_by_the_stop_command(local_provider_available, tmp_path):
     killed = LiveRun(tmp_path / "killed")
     killed.wait_for(NODE_READY)
     node_dir = killed.node_dir()
@@ -364,7 +350,7 @@ def test_a_node_left_by_a_killed_run_is_removed_by_the_stop_command(local_node_a
 
 
 @pytest.mark.xdist_group("node")
-def test_a_node_owned_by_a_live_run_is_refused_and_the_stop_command_ends_that_run(local_node_available, tmp_path):
+def test_a_node_owned_by_a_live_run_is_refused_and_the_stop_command_ends_that_run(local_provider_available, tmp_path):
     owner = LiveRun(tmp_path / "owner")
     owner.wait_for(NODE_READY)
     node_dir = owner.node_dir()
