@@ -181,6 +181,25 @@ NODE_DIR = re.compile(r"\(logs in (/\S+)/logs\)")
 RUN_TIMEOUT = 900
 
 
+# Every LiveRun of the test under way: one that outlives its test (a failed assertion) is ended by
+# ``end_live_runs``, so it cannot hold the machine's one node for the tests that follow.
+STARTED: list["LiveRun"] = []
+
+
+@pytest.fixture(autouse=True)
+def end_live_runs():
+    yield
+    while STARTED:
+        run = STARTED.pop()
+        if run.process.poll() is None:
+            run.signal(signal.SIGTERM, group=True)
+            try:
+                run.process.wait(timeout=RUN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                run.signal(signal.SIGKILL, group=True)
+                run.process.wait()
+
+
 class LiveRun:
     """The installed conformance suite on the local node, in a subprocess (and session) of its own."""
 
@@ -194,6 +213,7 @@ class LiveRun:
             cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True)  # its own process group, as a terminal's foreground job
         self.lines: list[str] = []
+        STARTED.append(self)
         self._ended = False  # its output closed
         self._changed = threading.Condition()
         threading.Thread(target=self._read, daemon=True).start()

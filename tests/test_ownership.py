@@ -25,6 +25,17 @@ from custom_ca_conformance.topology import from_document
 pytest_plugins = ("pytester",)
 
 
+@pytest.fixture(scope="module")
+def control_plane(control_plane_toolchain, tmp_path_factory):
+    """A control plane of this module's own: what the suite refuses depends on what else is there."""
+    from custom_ca_conformance.localplane.controlplane import start_control_plane
+
+    plane = start_control_plane(control_plane_toolchain, tmp_path_factory.mktemp("ownership-plane"),
+                                progress=lambda line: None)
+    yield plane
+    plane.stop()
+
+
 @pytest.fixture
 def pytester_run(pytester):
     """A real pytest run of the installed conformance tests, in a directory of its own."""
