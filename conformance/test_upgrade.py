@@ -7,6 +7,7 @@ run; the plugin deselects them otherwise.
 import pytest
 
 from custom_ca_conformance import kube, render
+from custom_ca_conformance.topology import ISTIOD_SELECTOR
 from custom_ca_conformance.messages import mismatch
 from custom_ca_conformance.reports import rollout_summary
 from custom_ca_conformance.vocabulary import Stage, blocked_phase
@@ -58,7 +59,7 @@ def test_istiod_and_every_sidecar_run_the_new_istio(mesh, topology):
     tag = record["to_tag"]
     api = mesh.api_client
     images = {}
-    for pod in kube.list_pods(api, render.ISTIO_NAMESPACE, "app=istiod"):
+    for pod in kube.list_pods(api, render.ISTIO_NAMESPACE, ISTIOD_SELECTOR):
         images[f"Pod {render.ISTIO_NAMESPACE}/{pod['metadata']['name']}"] = [
             c["image"] for c in pod["spec"]["containers"]]
     for workload in topology.workloads:

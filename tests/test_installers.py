@@ -111,7 +111,14 @@ def test_an_unpinned_kubernetes_version_is_refused_with_the_choices():
 
 
 def test_versions_pinned_as_the_facts_say():
-    assert (tools.ISTIO_VERSION, tools.CERT_MANAGER_VERSION) == ("1.30.3", "v1.21.1")
+    assert (tools.ISTIO_VERSION, tools.CERT_MANAGER_VERSION) == ("1.30.3", "v1.21.2")
+
+
+def test_one_cert_manager_version_for_the_chart_and_the_local_controllers():
+    from importlib import resources
+
+    gomod = resources.files("custom_ca_conformance").joinpath("gosrc/cert-manager-controller/go.mod").read_text()
+    assert f"github.com/cert-manager/cert-manager {tools.CERT_MANAGER_VERSION}\n" in gomod
     assert tools.CERT_MANAGER_CHART == "oci://quay.io/jetstack/charts/cert-manager"
 
 

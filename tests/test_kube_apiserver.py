@@ -11,9 +11,10 @@ import datetime as dt
 import uuid
 
 import pytest
+import upstream_schemas as schemas
 import yaml
 
-from custom_ca_conformance import kube, render, schemas
+from custom_ca_conformance import kube, render
 from custom_ca_conformance.pki import cert_to_pem, istio_style_csr, issue_leaf, make_self_signed_ca, new_private_key
 from custom_ca_conformance.errors import ProvisioningError
 from custom_ca_conformance.ownership import MANAGED_BY, MANAGED_BY_LABEL

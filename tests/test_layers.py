@@ -21,7 +21,7 @@ LIBRARY = Path(__file__).resolve().parents[1] / "fixtures"
 # prefix wins, so "localplane.node" sits above the rest of "localplane".
 LAYERS = (
     ("records", ("errors", "evidence", "messages", "vocabulary", "hookspecs")),
-    ("pure logic and pins", ("topology", "documents", "schemas", "pki", "outcomes", "toolchain",
+    ("pure logic and pins", ("topology", "documents", "pki", "outcomes", "toolchain",
                              "reports", "diagnoses", "posture", "ownership", "access")),
     ("cluster I/O and rendering", ("kube", "cert_manager_cluster", "injection", "installers", "tools", "render",
                                    "csr_contract", "survey", "signals",

@@ -20,6 +20,7 @@ from custom_ca_conformance.kube.ledger import Ledger
 from custom_ca_conformance.ownership import MANAGED_BY, MANAGED_BY_LABEL, RUN_LABEL, Refused
 from custom_ca_conformance.providers.base import ProviderSettings
 from custom_ca_conformance.providers.existing import ExistingProvider
+from custom_ca_conformance.toolchain import CERT_MANAGER_VERSION
 from custom_ca_conformance.topology import from_document
 
 pytest_plugins = ("pytester",)
@@ -254,5 +255,5 @@ def test_the_plan_lists_what_the_run_would_apply_and_refuses_a_users_namespace(c
     assert f"    create  Deployment {namespace}/httpbin" not in text
     assert f"    REFUSE  Deployment {namespace}/httpbin" in text
     assert "    create  ClusterIssuer a" in text and "    create  Namespace cert-manager" in text
-    assert "  Helm chart oci://quay.io/jetstack/charts/cert-manager v1.21.1" in text
+    assert f"  Helm chart oci://quay.io/jetstack/charts/cert-manager {CERT_MANAGER_VERSION}" in text
     assert "plan printed, nothing changed" in text

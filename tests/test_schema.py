@@ -7,7 +7,8 @@ import textwrap
 
 import pytest
 
-from custom_ca_conformance import render, schemas
+import upstream_schemas as schemas
+from custom_ca_conformance import render
 from custom_ca_conformance.pki import make_self_signed_ca
 from custom_ca_conformance.topology import default_topology, generated_topology
 

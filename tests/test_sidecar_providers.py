@@ -63,11 +63,6 @@ def test_probe_script_reports_status_body_and_curl_exit_code(tmp_path, status, b
     assert not (tmp_path / "body").exists()
 
 
-def test_probe_url_targets_the_server_service_with_a_marker():
-    server = default_topology().tenant("bar").workloads[0]
-    assert sidecar_mesh.probe_url(server, "m1") == "http://httpbin.bar:8000/headers?probe=m1"
-
-
 def test_curl_command_passes_url_as_an_argument_not_in_the_script():
     command = sidecar_mesh.curl_command("http://x/'$(reboot)'", "/tmp/b")
     assert command[:2] == ["sh", "-c"] and command[-1] == "http://x/'$(reboot)'" and "reboot" not in command[2]
