@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 import pytest
@@ -56,3 +57,27 @@ def local_provider_available() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)
         pytest.skip(f"the local provider cannot run here: {exc}")
+
+
+NODE_GROUP = "node"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_node_module_at_a_time(request):
+    """The modules that start this machine's one local node (marked ``xdist_group("node")``) take turns.
+
+    Under pytest 9, pytest-xdist's ``--dist loadgroup`` does not keep a group on one worker (seen
+    with xdist 3.8: two tests of one group ran at once on gw0 and gw1), and a run now refuses a
+    node a live process owns instead of queueing for it. So each such module holds a file lock
+    from its first fixture to its last teardown, module-scoped nodes included.
+    """
+    marks = getattr(request.module, "pytestmark", [])
+    marks = marks if isinstance(marks, list) else [marks]
+    if not any(m.name == "xdist_group" and m.args[:1] == (NODE_GROUP,) for m in marks):
+        yield
+        return
+    root = toolchain.cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "selftests-node.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

@@ -25,6 +25,9 @@ import pytest
 from custom_ca_conformance.localplane import host, node
 from custom_ca_conformance.toolchain import CACHE_ENV, cache_root
 
+# One node per machine: these modules take turns (tests/conftest.py, one_node_module_at_a_time).
+pytestmark = pytest.mark.xdist_group("node")
+
 CACHE_ROOT = cache_root()
 NODE_SCRIPT = [sys.executable, "-m", "custom_ca_conformance.localplane.node"]
 NODE_COMMAND = [str(Path(sys.executable).with_name("custom-ca-conformance-node"))]  # the console script
@@ -285,7 +288,6 @@ def _assert_next_run_starts(tmp_path: Path) -> None:
     _assert_nothing_left(node_dir, run)
 
 
-@pytest.mark.xdist_group("node")
 def test_sigterm_during_provisioning_removes_the_node_and_the_next_run_starts(local_provider_available, tmp_path):
     run = LiveRun(tmp_path / "first")
     run.wait_for(NODE_READY)  # the node runs pods; cert-manager and Istio are being installed
@@ -298,7 +300,6 @@ def test_sigterm_during_provisioning_removes_the_node_and_the_next_run_starts(lo
     _assert_next_run_starts(tmp_path)
 
 
-@pytest.mark.xdist_group("node")
 def test_sigterm_during_the_tests_removes_the_node(local_provider_available, tmp_path):
     run = LiveRun(tmp_path / "first", "-n", "2")
     node_dir = run.node_dir()
@@ -310,7 +311,6 @@ def test_sigterm_during_the_tests_removes_the_node(local_provider_available, tmp
     _assert_nothing_left(node_dir, run)
 
 
-@pytest.mark.xdist_group("node")
 def test_ctrl_c_twice_during_the_tests_removes_the_node(local_provider_available, tmp_path):
     # A terminal sends SIGINT to the whole foreground group (pytest and its xdist workers); an
     # impatient user presses again a second later, as a CI cancel follows SIGINT with SIGTERM.
@@ -331,7 +331,6 @@ def test_ctrl_c_twice_during_the_tests_removes_the_node(local_provider_available
     _assert_nothing_left(node_dir, run)
 
 
-@pytest.mark.xdist_group("node")
 def test_a_node_left_by_a_killed_run_is_removed_by_the_next_run_which_says_so(local_provider_available, tmp_path):
     killed = LiveRun(tmp_path / "killed")
     killed.wait_for(NODE_READY)
@@ -355,7 +354,6 @@ def test_a_node_left_by_a_killed_run_is_removed_by_the_next_run_which_says_so(lo
     _assert_nothing_left(new_dir, run)
 
 
-@pytest.mark.xdist_group("node")
 def test_a_node_left_by_a_killed_run_is_removed_by_the_stop_command(local_provider_available, tmp_path):
     killed = LiveRun(tmp_path / "killed")
     killed.wait_for(NODE_READY)
@@ -369,7 +367,6 @@ def test_a_node_left_by_a_killed_run_is_removed_by_the_stop_command(local_provid
     _assert_nothing_left(node_dir, killed)
 
 
-@pytest.mark.xdist_group("node")
 def test_a_node_owned_by_a_live_run_is_refused_and_the_stop_command_ends_that_run(local_provider_available, tmp_path):
     owner = LiveRun(tmp_path / "owner")
     owner.wait_for(NODE_READY)
