@@ -348,6 +348,8 @@ def test_an_upgrade_run_is_in_every_report_form():
     assert "rollout: 40 requests in 15s, 1 failed, 3 interrupted by their client pod's replacement, 2 not sent" \
         in text
     assert "| pair | expected | before (1.29.6) | after (1.30.3) |" in markdown
+    columns = [line.index("tls-verify-failed") for line in text.splitlines() if line.startswith("  foo-to-bar")]
+    assert columns == [len("  pair        ")], "the upgrade table's expected column does not line up"
     assert "| foo-to-bar | tls-verify-failed | ❌ ok | ✅ tls-verify-failed |" in markdown
     assert reports.json_document(sample_report())["upgrade"] is None
 
