@@ -3,9 +3,9 @@
 
 Figures (each measured here unless the note says otherwise):
 
-* setup, warm: ``python -m custom_ca_conformance.machine_setup`` with the existing caches
+* setup, warm: ``python -m custom_ca_conformance.localplane.machine_setup`` with the existing caches
   (Debian packages, toolchain, images);
-* toolchain build, cold: ``python -m custom_ca_conformance.toolchain build`` with fresh
+* toolchain build, cold: ``python -m custom_ca_conformance.localplane.toolchain build`` with fresh
   ``CUSTOM_CA_CONFORMANCE_CACHE`` and ``GOCACHE`` (``--cold``; about 15 minutes on 2 cores).
   Module downloads stay cached (``GOMODCACHE`` is kept): they are network time, not build
   time. Without ``--cold`` the figure recorded in the existing toolchain's ``complete.json``;
@@ -42,9 +42,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from custom_ca_conformance import toolchain as toolchain_module
+from custom_ca_conformance.localplane import toolchain as toolchain_module
 from custom_ca_conformance.localplane.processes import stop_from_pid_file
-from custom_ca_conformance.topology import default_topology, generated_topology
+from custom_ca_conformance.model.topology import default_topology, generated_topology
 
 SCALE_TENANTS = 10
 PYTEST_BASE = ["-m", "pytest", "conformance", "--custom-ca-cluster", "local", "-q", "-p", "no:cacheprovider"]
@@ -132,10 +132,10 @@ def setup_warm() -> Figure:
     if toolchain_module.cached_toolchain() is None:
         raise BenchmarkError(
             f"the toolchain is not built in {toolchain_module.toolchain_dir()}: "
-            "run `python -m custom_ca_conformance.machine_setup` first (the other figures need it)")
+            "run `python -m custom_ca_conformance.localplane.machine_setup` first (the other figures need it)")
     scratch = temp_dir("warm")
     try:
-        seconds, code = run_timed([sys.executable, "-m", "custom_ca_conformance.machine_setup"], output=scratch / "out")
+        seconds, code = run_timed([sys.executable, "-m", "custom_ca_conformance.localplane.machine_setup"], output=scratch / "out")
         if code != 0:
             raise BenchmarkError(f"warm setup exited {code}:\n{tail(scratch / 'out')}")
     finally:
@@ -148,7 +148,7 @@ def toolchain_cold() -> Figure:
     try:
         env = dict(os.environ, **{toolchain_module.CACHE_ENV: str(scratch / "cache"),
                                   "GOCACHE": str(scratch / "gocache")})
-        seconds, code = run_timed([sys.executable, "-m", "custom_ca_conformance.toolchain", "build"], env=env,
+        seconds, code = run_timed([sys.executable, "-m", "custom_ca_conformance.localplane.toolchain", "build"], env=env,
                                   output=scratch / "out")
         if code != 0:
             raise BenchmarkError(f"cold toolchain build exited {code}:\n{tail(scratch / 'out')}")
@@ -250,7 +250,7 @@ def provisioning_figures(run: PytestRun, other: PytestRun, scale: PytestRun | No
     timings, again = run.timings, other.timings
     if not timings:
         raise BenchmarkError(f"pytest ({run.label}) left no timings in state.json: "
-                             "fixtures/providers/local.py records them in state['timings']")
+                             "fixtures/cluster/local.py records them in state['timings']")
     figures = [
         Figure("node ready (control plane, kubelet, DNS)", timings.get("dns_ready_seconds"),
                f"control plane at {timings.get('control_plane_seconds')} s, Node Ready at "

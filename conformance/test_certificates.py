@@ -2,8 +2,8 @@
 
 import pytest
 
-from custom_ca_conformance.messages import mismatch
-from custom_ca_conformance.pki import describe_cert, expected_spiffe_id, fingerprint, spiffe_ids, verify_workload_chain
+from custom_ca_conformance.model.messages import mismatch
+from custom_ca_conformance.model.pki import describe_cert, expected_spiffe_id, fingerprint, spiffe_ids, verify_workload_chain
 
 pytestmark = pytest.mark.certificates
 

@@ -2,10 +2,10 @@
 
 import pytest
 
-from custom_ca_conformance.messages import mismatch
-from custom_ca_conformance.outcomes import Outcome, describe
-from custom_ca_conformance.pki import expected_spiffe_id
-from custom_ca_conformance.vocabulary import Capability
+from custom_ca_conformance.model.messages import mismatch
+from custom_ca_conformance.model.outcomes import Outcome, describe
+from custom_ca_conformance.model.pki import expected_spiffe_id
+from custom_ca_conformance.model.vocabulary import Capability
 
 pytestmark = pytest.mark.connectivity
 

@@ -2,10 +2,10 @@
 
 import pytest
 
-from custom_ca_conformance.injection import CERT_SIGNER_ENV, injected_signer
-from custom_ca_conformance.messages import mismatch
-from custom_ca_conformance.topology import ISTIOD_USER
-from custom_ca_conformance.vocabulary import Stage
+from custom_ca_conformance.install.injection import CERT_SIGNER_ENV, injected_signer
+from custom_ca_conformance.model.messages import mismatch
+from custom_ca_conformance.model.topology import ISTIOD_USER
+from custom_ca_conformance.model.vocabulary import Stage
 
 # The CSR watch log is complete once workloads started, even if a signer never issued.
 pytestmark = [pytest.mark.csr, pytest.mark.requires(Stage.WORKLOADS)]

@@ -11,10 +11,11 @@ a closed one passes. Run it alone with ``-m posture``.
 import pytest
 from kubernetes import client as k8s
 
-from custom_ca_conformance import kube, pki
-from custom_ca_conformance.messages import mismatch
-from custom_ca_conformance.outcomes import Outcome, describe
-from custom_ca_conformance.posture import chooser_deployment, chooser_pair, signer_choice_pair
+from custom_ca_conformance import kube
+from custom_ca_conformance.model import pki
+from custom_ca_conformance.model.messages import mismatch
+from custom_ca_conformance.model.outcomes import Outcome, describe
+from custom_ca_conformance.probes.posture import chooser_deployment, chooser_pair, signer_choice_pair
 
 pytestmark = pytest.mark.posture
 

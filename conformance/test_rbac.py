@@ -2,9 +2,9 @@
 
 import pytest
 
-from custom_ca_conformance.evidence_collection import ISTIOD_USER, istiod_may_approve
-from custom_ca_conformance.messages import mismatch
-from custom_ca_conformance.vocabulary import Stage
+from custom_ca_conformance.evidence.collection import ISTIOD_USER, istiod_may_approve
+from custom_ca_conformance.model.messages import mismatch
+from custom_ca_conformance.model.vocabulary import Stage
 
 # istiod's ClusterRole exists once Istio's objects are applied, whether or not istiod got ready.
 pytestmark = [pytest.mark.rbac, pytest.mark.requires(Stage.ISTIO)]

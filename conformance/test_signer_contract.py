@@ -12,10 +12,10 @@ import datetime as dt
 
 import pytest
 
-from custom_ca_conformance import pki
-from custom_ca_conformance.csr_contract import CONTRACT_EXPIRATION_SECONDS, ISTIO_USAGES, KEY_KINDS, CsrDriver
-from custom_ca_conformance.messages import mismatch
-from custom_ca_conformance.vocabulary import Feature, Stage, declared_gap
+from custom_ca_conformance.model import pki
+from custom_ca_conformance.model.messages import mismatch
+from custom_ca_conformance.model.vocabulary import Feature, Stage, declared_gap
+from custom_ca_conformance.probes.csr_contract import CONTRACT_EXPIRATION_SECONDS, ISTIO_USAGES, KEY_KINDS, CsrDriver, read_ca_bundle
 
 pytestmark = [pytest.mark.signer, pytest.mark.requires(Stage.SIGNERS)]
 
@@ -127,7 +127,7 @@ def test_expiration_seconds_is_honoured(signer, signer_profile, issued_certifica
 def test_chain_verifies_to_the_published_ca_bundle(signer, signer_profile, signer_cluster, issued_certificates):
     case = _issued(issued_certificates, signer, signer_profile)
     chain = _parsed_chain(case)
-    published = signer.ca_bundle.read(signer_cluster.api_client)
+    published = read_ca_bundle(signer.ca_bundle, signer_cluster.api_client)
     bundle = pki.load_pem_chain(published) if published else chain[-1:]
     check = pki.verify_workload_chain(chain, bundle)
     assert check.ok, mismatch(

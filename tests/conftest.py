@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from custom_ca_conformance import toolchain
+from custom_ca_conformance.localplane import toolchain
 
 
 def control_plane_binaries():
@@ -28,7 +28,7 @@ def control_plane_binaries():
 def control_plane_toolchain():
     binaries = control_plane_binaries()
     if binaries is None:
-        pytest.skip("kube-apiserver/etcd are not built: run `python -m custom_ca_conformance.toolchain build`")
+        pytest.skip("kube-apiserver/etcd are not built: run `python -m custom_ca_conformance.localplane.toolchain build`")
     return binaries
 
 
@@ -46,10 +46,10 @@ def control_plane(control_plane_toolchain, tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_provider_available() -> None:
     """The local provider can run here: in CI its tests must run, elsewhere they may skip."""
-    from custom_ca_conformance.errors import ProviderUnavailable
-    from custom_ca_conformance.providers.base import ProviderSettings
-    from custom_ca_conformance.providers.local import LocalProvider
-    from custom_ca_conformance.topology import default_topology
+    from custom_ca_conformance.cluster.contract import ProviderSettings
+    from custom_ca_conformance.cluster.local import LocalProvider
+    from custom_ca_conformance.model.errors import ProviderUnavailable
+    from custom_ca_conformance.model.topology import default_topology
 
     try:
         LocalProvider(ProviderSettings(topology=default_topology())).check_requirements()

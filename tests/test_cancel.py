@@ -1,6 +1,6 @@
 """Cancelling a run: signals end it as Ctrl-C does, and nothing of the local node is left.
 
-The first tests send real signals to a Python process using ``custom_ca_conformance.signals``
+The first tests send real signals to a Python process using ``custom_ca_conformance.process.signals``
 and hold the real machine lock in a throwaway cache dir (no node). The rest start the
 installed conformance suite on the real local node in a subprocess, as a user or a CI job
 does, signal it at a chosen moment and look at the whole machine afterwards: processes,
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from custom_ca_conformance.localplane import host, node
-from custom_ca_conformance.toolchain import CACHE_ENV, cache_root
+from custom_ca_conformance.localplane.toolchain import CACHE_ENV, cache_root
 
 # One node per machine: these modules take turns (tests/conftest.py, one_node_module_at_a_time).
 pytestmark = pytest.mark.xdist_group("node")
@@ -44,7 +44,7 @@ def _python(script: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
 def test_sigterm_and_sighup_interrupt_as_ctrl_c_and_a_second_signal_waits_for_teardown():
     script = """
         import os, signal, time
-        from custom_ca_conformance import signals
+        from custom_ca_conformance.process import signals
         signals.install(lambda line: print("said:", line, flush=True))
         for name in ("SIGTERM", "SIGHUP"):
             try:
@@ -78,7 +78,7 @@ def test_sigterm_and_sighup_interrupt_as_ctrl_c_and_a_second_signal_waits_for_te
 def test_a_first_signal_during_teardown_does_not_interrupt_it():
     script = """
         import os, signal, time
-        from custom_ca_conformance import signals
+        from custom_ca_conformance.process import signals
         signals.install(print)
         with signals.shielded():
             os.kill(os.getpid(), signal.SIGTERM)
@@ -100,7 +100,7 @@ def test_a_first_signal_during_teardown_does_not_interrupt_it():
 HOLDER = """
     import sys, time
     from pathlib import Path
-    from custom_ca_conformance import signals
+    from custom_ca_conformance.process import signals
     from custom_ca_conformance.localplane import host, node
     workdir = Path(sys.argv[1])
     node._lock_machine(workdir)

@@ -20,15 +20,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from custom_ca_conformance.images import binaries, cert_manager
-from custom_ca_conformance.localplane.controlplane import (
-    SERVICE_ACCOUNT_ISSUER,
-    start_control_plane,
-)
-from custom_ca_conformance.localplane.processes import ProcessGroup
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from custom_ca_conformance.localplane.controlplane import SERVICE_ACCOUNT_ISSUER, start_control_plane
+from custom_ca_conformance.localplane.images import binaries, cert_manager
+from custom_ca_conformance.localplane.processes import ProcessGroup
 
 SIGNER = "foo"
 NAMESPACE = cert_manager.NAMESPACE
@@ -52,8 +50,8 @@ def controller_binary():
     except Exception:  # noqa: BLE001 - no Go: nothing is built
         found = None
     if found is None:
-        pytest.skip("cert-manager-controller is not built: run `python -m custom_ca_conformance.toolchain build` "
-                    "or `python -m custom_ca_conformance.images build cert-manager-controller`")
+        pytest.skip("cert-manager-controller is not built: run `python -m custom_ca_conformance.localplane.toolchain build` "
+                    "or `python -m custom_ca_conformance.localplane.images build cert-manager-controller`")
     return found
 
 
@@ -138,7 +136,7 @@ def test_approved_csr_for_the_ca_cluster_issuer_is_signed(plane, cert_manager_ru
 def _signer_objects(signer: str) -> list[dict]:
     template = resources.files("custom_ca_conformance.manifests").joinpath("signer-issuers.yaml").read_text()
     try:  # the CA Secret's name moved into topology (others edit it); fall back to the old spelling
-        from custom_ca_conformance.topology import ca_secret_name
+        from custom_ca_conformance.model.topology import ca_secret_name
     except ImportError:
         def ca_secret_name(name: str) -> str:
             return f"{name}-ca-selfsigned"

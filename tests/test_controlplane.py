@@ -14,15 +14,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from custom_ca_conformance import toolchain
+from custom_ca_conformance.localplane import toolchain
 from custom_ca_conformance.localplane.controlplane import ControlPlaneError, attach_control_plane, start_control_plane
-from custom_ca_conformance.localplane.processes import (
-    ProcessExitedError,
-    ProcessGroup,
-    free_port,
-    port_is_free,
-    stop_from_pid_file,
-)
+from custom_ca_conformance.localplane.processes import ProcessExitedError, ProcessGroup, free_port, port_is_free, stop_from_pid_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Target from the brief is < 10 s; the bound leaves room for slow CI machines.
@@ -224,8 +218,8 @@ def test_pki_keeps_both_ca_keys_and_issues_the_apiservers_kubelet_client_certifi
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-    from custom_ca_conformance import pki
     from custom_ca_conformance.localplane.controlplane import write_pki
+    from custom_ca_conformance.model import pki
 
     files = write_pki(tmp_path, extra_ips=["198.18.0.1"])
     serving = x509.load_pem_x509_certificate(files.serving_cert.read_bytes())

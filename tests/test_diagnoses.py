@@ -1,4 +1,4 @@
-"""custom_ca_conformance.diagnoses against evidence of each fault, with real CA roots minted by cryptography."""
+"""custom_ca_conformance.evidence.diagnoses against evidence of each fault, with real CA roots minted by cryptography."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import dataclasses
 
 import pytest
 
-from custom_ca_conformance import diagnoses, pki
-from custom_ca_conformance.diagnoses import blocking, diagnose
-from custom_ca_conformance.evidence import CaCertificateEntry, CsrRecord, Evidence, IssuerState, PodState
-from custom_ca_conformance.topology import default_topology, from_document
+from custom_ca_conformance.evidence import diagnoses
+from custom_ca_conformance.evidence.diagnoses import blocking, diagnose
+from custom_ca_conformance.model.evidence import CaCertificateEntry, CsrRecord, Evidence, IssuerState, PodState
+from custom_ca_conformance.model import pki
+from custom_ca_conformance.model.topology import default_topology, from_document
 
 TOPOLOGY = default_topology()
 DOMAIN = TOPOLOGY.signer_domain

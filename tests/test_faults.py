@@ -7,7 +7,7 @@ provisioning stops naming that cause. The last test runs the installed conforman
 through pytest with a fault and checks how the run reports it: once, no traceback, the
 tests that need less still run, and the evidence is still there afterwards.
 
-They need root and the built toolchain and images (``python -m custom_ca_conformance.machine_setup``).
+They need root and the built toolchain and images (``python -m custom_ca_conformance.localplane.machine_setup``).
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from custom_ca_conformance import diagnoses, pki
-from custom_ca_conformance.errors import ProvisioningError
+from custom_ca_conformance.cluster.contract import ProviderSettings
+from custom_ca_conformance.cluster.local import LocalProvider
+from custom_ca_conformance.evidence import diagnoses
 from custom_ca_conformance.localplane import node
-from custom_ca_conformance.providers.base import ProviderSettings
-from custom_ca_conformance.providers.local import LocalProvider
-from custom_ca_conformance.toolchain import cache_root
-from custom_ca_conformance.topology import CERT_MANAGER_NAMESPACE, ca_secret_name, default_topology, from_document
+from custom_ca_conformance.localplane.toolchain import cache_root
+from custom_ca_conformance.model import pki
+from custom_ca_conformance.model.errors import ProvisioningError
+from custom_ca_conformance.model.pods import INJECT_KEY
+from custom_ca_conformance.model.topology import CERT_MANAGER_NAMESPACE, ca_secret_name, default_topology, from_document
 
 pytest_plugins = ("pytester",)
 
@@ -224,7 +226,7 @@ def test_a_workload_whose_pod_declines_injection_is_named_at_once(local_provider
         if kind == "workloads":
             deployment = next(o for o in value if o["kind"] == "Deployment"
                               and o["metadata"]["namespace"] == "bar" and o["metadata"]["name"] == "curl")
-            deployment["spec"]["template"]["metadata"]["labels"][diagnoses.INJECT_KEY] = "false"
+            deployment["spec"]["template"]["metadata"]["labels"][INJECT_KEY] = "false"
 
     error = provision_with_fault(tmp_path, fault)
     assert (diagnoses.KIND_INJECTION_DECLINED, "bar/curl") in named(error), explain(error)

@@ -1,4 +1,4 @@
-"""Self-tests for custom_ca_conformance.images: the OCI writer and keys (pure), and a real import into containerd."""
+"""Self-tests for custom_ca_conformance.localplane.images: the OCI writer and keys (pure), and a real import into containerd."""
 
 from __future__ import annotations
 
@@ -11,16 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from custom_ca_conformance.images import binaries, containerd, oci, recipes, rootfs
-from custom_ca_conformance.images.oci import (
-    DirEntry,
-    FileEntry,
-    HardlinkEntry,
-    ImageConfig,
-    ImageFormatError,
-    SymlinkEntry,
-)
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
+
+from custom_ca_conformance.localplane.images import binaries, containerd, oci, recipes, rootfs
+from custom_ca_conformance.localplane.images.oci import DirEntry, FileEntry, HardlinkEntry, ImageConfig, ImageFormatError, SymlinkEntry
 
 REF = "docker.io/custom-ca-conformance/test:1.0"
 

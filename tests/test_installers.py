@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from custom_ca_conformance import installers, tools
-from custom_ca_conformance.errors import ProviderUnavailable, ProvisioningError
+from custom_ca_conformance.tools import commands, downloads
+from custom_ca_conformance.model.errors import ProviderUnavailable, ProvisioningError
 
 DIGEST = "3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5"
 
@@ -20,7 +20,7 @@ DIGEST = "3489c7674813ba5d8b1a9977baea8a6e553784dab7b84759d1014dbd78f7ebd5"
 
 
 def test_cert_manager_is_installed_from_the_oci_chart_with_crds_and_the_csr_gate():
-    argv = installers.helm_install_cert_manager_argv("v1.21.1", helm="/bin/helm")
+    argv = commands.helm_install_cert_manager_argv("v1.21.1", helm="/bin/helm")
     assert argv[:5] == [
         "/bin/helm", "upgrade", "--install", "cert-manager", "oci://quay.io/jetstack/charts/cert-manager"]
     assert _flag(argv, "--version") == "v1.21.1"
@@ -32,49 +32,49 @@ def test_cert_manager_is_installed_from_the_oci_chart_with_crds_and_the_csr_gate
 
 
 def test_helm_targets_the_given_kubeconfig_and_context():
-    argv = installers.helm_install_cert_manager_argv("v1.21.1", kubeconfig="/k", context="kind-x")
+    argv = commands.helm_install_cert_manager_argv("v1.21.1", kubeconfig="/k", context="kind-x")
     assert _flag(argv, "--kubeconfig") == "/k" and _flag(argv, "--kube-context") == "kind-x"
-    uninstall = installers.helm_uninstall_argv("cert-manager", "cert-manager", kubeconfig="/k", context="kind-x")
+    uninstall = commands.helm_uninstall_argv("cert-manager", "cert-manager", kubeconfig="/k", context="kind-x")
     assert uninstall[:3] == ["helm", "uninstall", "cert-manager"] and _flag(uninstall, "--kube-context") == "kind-x"
 
 
 def test_istioctl_install_skips_confirmation_and_reads_the_operator_file(tmp_path):
-    argv = installers.istioctl_install_argv("/bin/istioctl", tmp_path / "iop.yaml", kubeconfig="/k", context="c")
+    argv = commands.istioctl_install_argv("/bin/istioctl", tmp_path / "iop.yaml", kubeconfig="/k", context="c")
     assert argv == ["/bin/istioctl", "install", "--skip-confirmation", "-f", str(tmp_path / "iop.yaml"),
                     "--kubeconfig", "/k", "--context", "c"]
 
 
 def test_istio_is_removed_by_its_own_manifest_never_by_purge():
-    assert installers.istioctl_manifest_generate_argv("istioctl", "/w/iop.yaml") == [
+    assert commands.istioctl_manifest_generate_argv("istioctl", "/w/iop.yaml") == [
         "istioctl", "manifest", "generate", "-f", "/w/iop.yaml"]
-    assert not hasattr(installers, "istioctl_uninstall_argv")
+    assert not hasattr(commands, "istioctl_uninstall_argv")
 
 
 def test_proxy_config_secret_names_pod_dot_namespace_as_json():
-    assert installers.istioctl_proxy_secret_argv("istioctl", "curl-1", "foo") == [
+    assert commands.istioctl_proxy_secret_argv("istioctl", "curl-1", "foo") == [
         "istioctl", "proxy-config", "secret", "curl-1.foo", "-o", "json"]
 
 
 def test_kind_create_pins_the_image_and_waits_with_a_unit(tmp_path):
-    image = tools.kind_node_image(None)
-    argv = installers.kind_create_argv("ccc", image, kubeconfig=tmp_path / "kc")
+    image = downloads.kind_node_image(None)
+    argv = commands.kind_create_argv("ccc", image, kubeconfig=tmp_path / "kc")
     assert argv == ["kind", "create", "cluster", "--name", "ccc", "--image", image, "--wait", "120s",
                     "--kubeconfig", str(tmp_path / "kc")]
     assert argv[argv.index("--wait") + 1].endswith("s")
 
 
 def test_kind_create_passes_a_config_file(tmp_path):
-    argv = installers.kind_create_argv("ccc", "img", wait="3m", config=tmp_path / "kind.yaml", kind="/bin/kind")
+    argv = commands.kind_create_argv("ccc", "img", wait="3m", config=tmp_path / "kind.yaml", kind="/bin/kind")
     assert argv[0] == "/bin/kind" and _flag(argv, "--config") == str(tmp_path / "kind.yaml")
     assert _flag(argv, "--wait") == "3m"
 
 
 def test_kind_delete_get_and_export():
-    assert installers.kind_delete_argv("ccc") == ["kind", "delete", "cluster", "--name", "ccc"]
-    assert installers.kind_get_clusters_argv() == ["kind", "get", "clusters"]
-    assert installers.kind_export_kubeconfig_argv("ccc", "/k") == [
+    assert commands.kind_delete_argv("ccc") == ["kind", "delete", "cluster", "--name", "ccc"]
+    assert commands.kind_get_clusters_argv() == ["kind", "get", "clusters"]
+    assert commands.kind_export_kubeconfig_argv("ccc", "/k") == [
         "kind", "export", "kubeconfig", "--name", "ccc", "--kubeconfig", "/k"]
-    assert installers.kind_context("ccc") == "kind-ccc"
+    assert commands.kind_context("ccc") == "kind-ccc"
 
 
 def _flag(argv: list[str], name: str) -> str:
@@ -89,37 +89,37 @@ def _values(argv: list[str]) -> list[str]:
 
 
 def test_default_node_image_is_kind_v0_32_0s_digest_pinned_v1_36_1():
-    assert tools.KIND_VERSION == "v0.32.0"
-    assert tools.kind_node_image(None) == f"kindest/node:v1.36.1@sha256:{DIGEST}"
+    assert downloads.KIND_VERSION == "v0.32.0"
+    assert downloads.kind_node_image(None) == f"kindest/node:v1.36.1@sha256:{DIGEST}"
 
 
 @pytest.mark.parametrize("version", ["v1.35.5", "1.35.5"])
 def test_selectable_node_images_are_digest_pinned(version):
-    assert tools.kind_node_image(version) == (
+    assert downloads.kind_node_image(version) == (
         "kindest/node:v1.35.5@sha256:ce977ae6d65918d0b58a5f8b5e940429c2ce42fa3a5619ec2bbc60b949c0ac95")
 
 
 def test_every_pinned_node_image_carries_a_sha256_digest():
-    for version, image in tools.KIND_NODE_IMAGES.items():
+    for version, image in downloads.KIND_NODE_IMAGES.items():
         name, _, digest = image.partition("@sha256:")
         assert name == f"kindest/node:{version}" and len(digest) == 64
 
 
 def test_an_unpinned_kubernetes_version_is_refused_with_the_choices():
     with pytest.raises(ProviderUnavailable, match=r"v1\.99\.0.*v1\.36\.1"):
-        tools.kind_node_image("v1.99.0")
+        downloads.kind_node_image("v1.99.0")
 
 
 def test_versions_pinned_as_the_facts_say():
-    assert (tools.ISTIO_VERSION, tools.CERT_MANAGER_VERSION) == ("1.30.3", "v1.21.2")
+    assert (downloads.ISTIO_VERSION, downloads.CERT_MANAGER_VERSION) == ("1.30.3", "v1.21.2")
 
 
 def test_one_cert_manager_version_for_the_chart_and_the_local_controllers():
     from importlib import resources
 
-    gomod = resources.files("custom_ca_conformance").joinpath("gosrc/cert-manager-controller/go.mod").read_text()
-    assert f"github.com/cert-manager/cert-manager {tools.CERT_MANAGER_VERSION}\n" in gomod
-    assert tools.CERT_MANAGER_CHART == "oci://quay.io/jetstack/charts/cert-manager"
+    gomod = resources.files("custom_ca_conformance.localplane").joinpath("gosrc/cert-manager-controller/go.mod").read_text()
+    assert f"github.com/cert-manager/cert-manager {downloads.CERT_MANAGER_VERSION}\n" in gomod
+    assert downloads.CERT_MANAGER_CHART == "oci://quay.io/jetstack/charts/cert-manager"
 
 
 # --- checksums and versions -------------------------------------------------------------------
@@ -134,13 +134,13 @@ HEX = hashlib.sha256(b"x").hexdigest()
     f"{HEX.upper()}  FILE",
 ])
 def test_checksum_is_the_first_token_of_every_layout(text):
-    assert tools.parse_checksum(text) == HEX
+    assert downloads.parse_checksum(text) == HEX
 
 
 @pytest.mark.parametrize("text", ["", "not-a-digest file", HEX[:-1]])
 def test_a_malformed_checksum_is_refused(text):
     with pytest.raises(ValueError, match="not a SHA-256"):
-        tools.parse_checksum(text)
+        downloads.parse_checksum(text)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -150,7 +150,7 @@ def test_a_malformed_checksum_is_refused(text):
     ("no version", None),
 ])
 def test_parse_version(text, expected):
-    assert tools.parse_version(text) == expected
+    assert downloads.parse_version(text) == expected
 
 
 @pytest.mark.parametrize(("system", "machine", "expected"), [
@@ -158,11 +158,11 @@ def test_parse_version(text, expected):
     ("Darwin", "x86_64", "osx"), ("Darwin", "arm64", "osx-arm64"),
 ])
 def test_istio_platform_names(system, machine, expected):
-    assert tools.istio_platform(system, machine) == expected
+    assert downloads.istio_platform(system, machine) == expected
 
 
 def test_istioctl_archive_url():
-    assert tools.istioctl_archive_url("1.30.3", "linux-amd64") == (
+    assert downloads.istioctl_archive_url("1.30.3", "linux-amd64") == (
         "https://github.com/istio/istio/releases/download/1.30.3/istioctl-1.30.3-linux-amd64.tar.gz")
 
 
@@ -172,7 +172,7 @@ def test_istioctl_archive_url():
 def test_a_missing_tool_is_one_line_naming_it_and_how_to_install(monkeypatch):
     monkeypatch.setenv("PATH", "")
     with pytest.raises(ProviderUnavailable) as raised:
-        tools.require_tool("kind")
+        downloads.require_tool("kind")
     message = str(raised.value)
     assert message.startswith("kind is required for --custom-ca-cluster kind but was not found on PATH; install kind v0.32.0")
     assert "\n" not in message
@@ -188,24 +188,24 @@ def _fake_tool(directory, name: str, script: str) -> str:
 def test_docker_without_a_daemon_is_reported(tmp_path):
     docker = _fake_tool(tmp_path, "docker", "echo 'Cannot connect to the Docker daemon' >&2; exit 1\n")
     with pytest.raises(ProviderUnavailable, match="docker info` failed \\(Cannot connect to the Docker daemon\\)"):
-        tools.require_docker_daemon(docker)
+        downloads.require_docker_daemon(docker)
 
 
 def test_helm_older_than_3_8_is_refused(tmp_path):
     with pytest.raises(ProviderUnavailable, match="v3.7.0"):
-        tools.require_helm(_fake_tool(tmp_path, "helm", "echo v3.7.0\n"))
-    tools.require_helm(_fake_tool(tmp_path, "helm2", "echo v3.21.4\n"))
+        downloads.require_helm(_fake_tool(tmp_path, "helm", "echo v3.7.0\n"))
+    downloads.require_helm(_fake_tool(tmp_path, "helm2", "echo v3.21.4\n"))
 
 
 def test_istioctl_explicit_path_must_be_executable(tmp_path):
     with pytest.raises(ProviderUnavailable, match="not an executable file"):
-        tools.istioctl_for("1.30.3", str(tmp_path / "missing"))
+        downloads.istioctl_for("1.30.3", str(tmp_path / "missing"))
 
 
 def test_istioctl_on_path_is_used_when_its_version_matches(tmp_path, monkeypatch):
     istioctl = _fake_tool(tmp_path, "istioctl", "echo 'client version: 1.30.3'\n")
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert tools.istioctl_for("1.30.3") == istioctl
+    assert downloads.istioctl_for("1.30.3") == istioctl
 
 
 def test_istioctl_is_downloaded_verified_and_cached_when_path_has_another_version(tmp_path, monkeypatch):
@@ -220,21 +220,21 @@ def test_istioctl_is_downloaded_verified_and_cached_when_path_has_another_versio
         return (hashlib.sha256(archive).hexdigest() + "  istioctl.tar.gz\n").encode() if url.endswith(".sha256") \
             else archive
 
-    monkeypatch.setattr(tools, "_get", fake_get)
-    path = tools.istioctl_for("1.30.3")
+    monkeypatch.setattr(downloads, "_get", fake_get)
+    path = downloads.istioctl_for("1.30.3")
     assert path == str(tmp_path / "cache" / "istioctl" / "1.30.3" / "istioctl")
-    assert tools.istioctl_version(path) == (1, 30, 3)
-    assert any(url.endswith(f"istioctl-1.30.3-{tools.istio_platform()}.tar.gz") for url in served)
+    assert downloads.istioctl_version(path) == (1, 30, 3)
+    assert any(url.endswith(f"istioctl-1.30.3-{downloads.istio_platform()}.tar.gz") for url in served)
     served.clear()
-    assert tools.istioctl_for("1.30.3") == path and not served  # cached
+    assert downloads.istioctl_for("1.30.3") == path and not served  # cached
 
 
 def test_a_download_with_the_wrong_checksum_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("CUSTOM_CA_CONFORMANCE_CACHE", str(tmp_path / "cache"))
     archive = _tarball("istioctl", b"binary")
-    monkeypatch.setattr(tools, "_get", lambda url: (HEX + "\n").encode() if url.endswith(".sha256") else archive)
+    monkeypatch.setattr(downloads, "_get", lambda url: (HEX + "\n").encode() if url.endswith(".sha256") else archive)
     with pytest.raises(ProviderUnavailable, match="does not match the published"):
-        tools.download_istioctl("1.30.3", tmp_path / "istioctl")
+        downloads.download_istioctl("1.30.3", tmp_path / "istioctl")
     assert not (tmp_path / "istioctl").exists()
 
 
@@ -252,14 +252,14 @@ def _tarball(name: str, content: bytes) -> bytes:
 
 def test_run_returns_stdout_and_logs_the_command(tmp_path):
     log = tmp_path / "commands.log"
-    assert installers.run([sys.executable, "-c", "print(42)"], what="saying 42", timeout=30, log_file=log) == "42\n"
+    assert commands.run([sys.executable, "-c", "print(42)"], what="saying 42", timeout=30, log_file=log) == "42\n"
     assert "print(42)" in log.read_text() and "exit code 0" in log.read_text()
 
 
 def test_run_failure_names_command_exit_code_and_stderr_tail(tmp_path):
     script = "import sys; [print(f'line {i}', file=sys.stderr) for i in range(40)]; sys.exit(3)"
     with pytest.raises(ProvisioningError) as raised:
-        installers.run([sys.executable, "-c", script], what="installing x", timeout=30, log_file=tmp_path / "log")
+        commands.run([sys.executable, "-c", script], what="installing x", timeout=30, log_file=tmp_path / "log")
     message = str(raised.value)
     assert message.startswith("installing x: `")
     assert "exited 3 (expected 0)" in message and str(tmp_path / "log") in message
@@ -268,9 +268,9 @@ def test_run_failure_names_command_exit_code_and_stderr_tail(tmp_path):
 
 def test_run_timeout_and_missing_binary_are_provisioning_errors():
     with pytest.raises(ProvisioningError, match="did not finish within 0.5s"):
-        installers.run([sys.executable, "-c", "import time; time.sleep(5)"], what="sleeping", timeout=0.5)
+        commands.run([sys.executable, "-c", "import time; time.sleep(5)"], what="sleeping", timeout=0.5)
     with pytest.raises(ProvisioningError, match="not found"):
-        installers.run(["/nonexistent/tool"], what="running", timeout=5)
+        commands.run(["/nonexistent/tool"], what="running", timeout=5)
 
 
 def test_a_watch_that_sees_a_pointless_wait_stops_the_command_at_once(tmp_path):
@@ -281,7 +281,7 @@ def test_a_watch_that_sees_a_pointless_wait_stops_the_command_at_once(tmp_path):
 
     started = time.monotonic()
     with pytest.raises(ProvisioningError, match="istiod crashed"):
-        installers.run([sys.executable, "-c", "import time; time.sleep(60)"], what="waiting", timeout=120,
+        commands.run([sys.executable, "-c", "import time; time.sleep(60)"], what="waiting", timeout=120,
                        log_file=tmp_path / "log", watch=watch)
-    assert time.monotonic() - started < installers.WATCH_INTERVAL_SECONDS + 5
+    assert time.monotonic() - started < commands.WATCH_INTERVAL_SECONDS + 5
     assert "stopped: waiting was pointless" in (tmp_path / "log").read_text()

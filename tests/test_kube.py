@@ -14,9 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from custom_ca_conformance import kube
-from custom_ca_conformance.pki import istio_style_csr, new_private_key
-from custom_ca_conformance.errors import ProvisioningError
-from custom_ca_conformance.evidence import CsrRecord
+from custom_ca_conformance.model.evidence import CsrRecord
+from custom_ca_conformance.model.errors import ProvisioningError
+from custom_ca_conformance.model.pki import istio_style_csr, new_private_key
 
 FOO_CURL = "spiffe://cluster.local/ns/foo/sa/curl"
 

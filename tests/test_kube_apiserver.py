@@ -1,7 +1,7 @@
 """custom_ca_conformance.kube and the rendered objects against a real kube-apiserver (the pinned local toolchain).
 
 No kubelet or controllers run: objects are stored and validated, nothing is scheduled.
-Skipped when kube-apiserver/etcd are not built (``python -m custom_ca_conformance.toolchain build``).
+Skipped when kube-apiserver/etcd are not built (``python -m custom_ca_conformance.localplane.toolchain build``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import pytest
 import upstream_schemas as schemas
 import yaml
 
-from custom_ca_conformance import kube, render
-from custom_ca_conformance.pki import cert_to_pem, istio_style_csr, issue_leaf, make_self_signed_ca, new_private_key
-from custom_ca_conformance.errors import ProvisioningError
-from custom_ca_conformance.ownership import MANAGED_BY, MANAGED_BY_LABEL
-from custom_ca_conformance.topology import from_document
+from custom_ca_conformance import kube
+from custom_ca_conformance.model.errors import ProvisioningError
+from custom_ca_conformance.model.ownership import MANAGED_BY, MANAGED_BY_LABEL
+from custom_ca_conformance.model.pki import cert_to_pem, issue_leaf, istio_style_csr, make_self_signed_ca, new_private_key
+from custom_ca_conformance.model.topology import from_document
+from custom_ca_conformance.render import templates
 
 FOO_CURL = "spiffe://cluster.local/ns/{ns}/sa/curl"
 
@@ -50,8 +51,8 @@ def test_apply_creates_cluster_scoped_and_namespaced_objects_and_is_idempotent(a
     from kubernetes import client
 
     topology = _unique_topology()
-    objects = render.namespace_objects(topology) + [
-        o for o in render.workload_objects(topology) if o["kind"] in ("ServiceAccount", "Service", "Deployment")]
+    objects = templates.namespace_objects(topology) + [
+        o for o in templates.workload_objects(topology) if o["kind"] in ("ServiceAccount", "Service", "Deployment")]
     kube.apply(api, objects)
     kube.apply(api, objects)  # re-applying converges
     namespace = topology.tenants[0].namespace
@@ -93,9 +94,9 @@ def test_rendered_custom_resources_are_accepted_once_their_crds_are_established(
     for crd in crds:
         kube.wait_crd_established(api, crd["metadata"]["name"], timeout=60)
     topology = _unique_topology()
-    control_plane.ensure_namespace(render.CERT_MANAGER_NAMESPACE)
-    kube.apply(api, render.namespace_objects(topology))
-    kube.apply(api, render.signer_issuer_objects(topology) + render.proxy_config_objects(topology))
+    control_plane.ensure_namespace(templates.CERT_MANAGER_NAMESPACE)
+    kube.apply(api, templates.namespace_objects(topology))
+    kube.apply(api, templates.signer_issuer_objects(topology) + templates.proxy_config_objects(topology))
     issuer = kube.dynamic_client(api).resources.get(api_version="cert-manager.io/v1", kind="ClusterIssuer")
     stored = kube.dynamic_client(api).get(issuer, name=topology.signers[0]).to_dict()
     assert stored["spec"] == {"ca": {"secretName": f"{topology.signers[0]}-ca-selfsigned"}}
@@ -123,7 +124,7 @@ def test_wait_deployment_ready_timeout_shows_status_and_events(api, namespace, m
 
     monkeypatch.setattr(kube, "POLL_WAIT", wait_fixed(0.2))
     topology = from_document({"signers": ["a"], "tenants": [{"namespace": namespace, "signer": "a"}]}, source="t")
-    kube.apply(api, [o for o in render.workload_objects(topology) if o["metadata"]["name"] == "curl"])
+    kube.apply(api, [o for o in templates.workload_objects(topology) if o["metadata"]["name"] == "curl"])
     client.CoreV1Api(api).create_namespaced_event(namespace, client.CoreV1Event(
         metadata=client.V1ObjectMeta(name=f"curl.{uuid.uuid4().hex[:6]}"),
         involved_object=client.V1ObjectReference(kind="Deployment", name="curl", namespace=namespace),

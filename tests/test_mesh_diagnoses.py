@@ -10,24 +10,18 @@ import dataclasses
 
 import pytest
 
-from custom_ca_conformance import diagnoses
-from custom_ca_conformance.diagnoses import blocking, checked, diagnose, injection_decline, server_mtls
-from custom_ca_conformance.evidence import (
-    AnalyzerMessage,
-    DestinationRuleTls,
-    Evidence,
-    InjectorConfig,
-    PeerAuthenticationPolicy,
-    PodInjection,
-)
-from custom_ca_conformance.evidence_collection import parse_analyzer_output
-from custom_ca_conformance.topology import default_topology
+from custom_ca_conformance.evidence import diagnoses
+from custom_ca_conformance.evidence.collection import parse_analyzer_output
+from custom_ca_conformance.evidence.diagnoses import blocking, checked, diagnose, injection_decline, server_mtls
+from custom_ca_conformance.model.evidence import AnalyzerMessage, DestinationRuleTls, Evidence, InjectorConfig, PeerAuthenticationPolicy, PodInjection
+from custom_ca_conformance.model.pods import INJECTION_STATUS_ANNOTATION
+from custom_ca_conformance.model.topology import default_topology
 
 TOPOLOGY = default_topology()
 NOW = 1_796_230_900.0
 ENABLED = {"istio-injection": "enabled", "kubernetes.io/metadata.name": "bar"}
 WEBHOOKS = ("istio-sidecar-injector",)
-STATUS = {diagnoses.INJECTION_STATUS_ANNOTATION: '{"containers":["istio-proxy"]}'}
+STATUS = {INJECTION_STATUS_ANNOTATION: '{"containers":["istio-proxy"]}'}
 
 
 def _pod(namespace: str, workload: str, **changes) -> PodInjection:
@@ -275,7 +269,7 @@ def test_what_was_checked_names_what_could_not_be_read():
 
 
 def test_a_setup_failure_without_a_named_cause_says_what_was_checked():
-    from custom_ca_conformance.session import SetupFailure
+    from custom_ca_conformance.plugin.session import SetupFailure
 
     text = SetupFailure(stage="workloads", step="waiting for workloads", message="timed out after 60s",
                         checked=("istiod: fine", "mTLS policy: fine")).describe()
@@ -283,7 +277,7 @@ def test_a_setup_failure_without_a_named_cause_says_what_was_checked():
 
 
 def test_an_analyzer_that_fails_is_recorded_as_unavailable_never_raised(tmp_path):
-    from custom_ca_conformance.evidence_collection import istioctl_analysis
+    from custom_ca_conformance.evidence.collection import istioctl_analysis
 
     broken = tmp_path / "istioctl"
     broken.write_text("#!/bin/sh\necho 'Error: could not connect to the cluster' >&2\nexit 1\n")

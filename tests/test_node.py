@@ -3,7 +3,7 @@
 The first part renders configuration and parses host state without a cluster. The second
 starts a real node (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
 containerd + runc, kubelet, kube-proxy, CNI, CoreDNS), with the pause and CoreDNS images of
-``custom_ca_conformance.images``, runs pods from a locally imported image, and checks exec,
+``custom_ca_conformance.localplane.images``, runs pods from a locally imported image, and checks exec,
 logs, DNS, a ClusterIP Service, the machine lock and that stopping leaves nothing. It needs
 root and the built toolchain: it is skipped (with the reason) without them, and fails when
 the toolchain is built but a node binary is missing.
@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from custom_ca_conformance import images
-from custom_ca_conformance.images import oci
-from custom_ca_conformance.localplane import cni, containerd, coredns, host, kubelet, node
+from custom_ca_conformance.localplane import cni, containerd, coredns, host, images, kubelet, node
+from custom_ca_conformance.localplane.images import oci
 
 # One node per machine, and the tests below share one: keep them on one xdist worker, in order.
 pytestmark = pytest.mark.xdist_group("node")
@@ -204,7 +203,7 @@ def test_missing_binaries_are_named(tmp_path, monkeypatch):
 
     assert "kubelet" in str(failure.value) and "kube-proxy" in str(failure.value) and "firewall" in str(failure.value)
     assert str(tmp_path) in str(failure.value)
-    # pause and CoreDNS come as images (custom_ca_conformance.images), not as node binaries.
+    # pause and CoreDNS come as images (custom_ca_conformance.localplane.images), not as node binaries.
     assert "pause" not in str(failure.value) and "coredns" not in str(failure.value)
 
 
@@ -292,7 +291,7 @@ func main() {
 
 
 def _node_toolchain(binaries):
-    from custom_ca_conformance import toolchain
+    from custom_ca_conformance.localplane import toolchain
 
     try:
         node.find_node_binaries(binaries)
@@ -401,7 +400,7 @@ def _exec(node_, pod: str, command: list[str]):
 def test_node_is_ready_and_runs_from_the_pinned_kubelet(running_node):
     from kubernetes import client
 
-    from custom_ca_conformance import toolchain
+    from custom_ca_conformance.localplane import toolchain
 
     with running_node.api_client() as api:
         found = client.CoreV1Api(api).read_node(running_node.name)

@@ -14,14 +14,14 @@ import time
 import pytest
 from kubernetes import client
 
-from custom_ca_conformance.errors import ProvisioningError
+from custom_ca_conformance.cluster.contract import ProviderSettings
+from custom_ca_conformance.cluster.existing import ExistingProvider
+from custom_ca_conformance.cluster.local import LocalProvider
+from custom_ca_conformance.install.sequence import Tools
 from custom_ca_conformance.kube.apply import dynamic_client
-from custom_ca_conformance.mesh_installer import Tools
-from custom_ca_conformance.ownership import DERIVED_KINDS
-from custom_ca_conformance.providers.base import ProviderSettings
-from custom_ca_conformance.providers.existing import ExistingProvider
-from custom_ca_conformance.providers.local import LocalProvider
-from custom_ca_conformance.topology import default_topology
+from custom_ca_conformance.model.errors import ProvisioningError
+from custom_ca_conformance.model.ownership import DERIVED_KINDS
+from custom_ca_conformance.model.topology import default_topology
 
 # One node per machine: keep these with the node self-tests on one xdist worker.
 pytestmark = pytest.mark.xdist_group("node")

@@ -1,14 +1,8 @@
-"""custom_ca_conformance.outcomes on real Envoy error strings, verbatim from upstream."""
+"""custom_ca_conformance.model.outcomes on real Envoy error strings, verbatim from upstream."""
 
 import pytest
 
-from custom_ca_conformance.outcomes import (
-    ISTIO_ACCESS_LOG_LINE,
-    Classification,
-    Outcome,
-    classify_envoy,
-    describe,
-)
+from custom_ca_conformance.model.outcomes import ISTIO_ACCESS_LOG_LINE, Classification, Outcome, classify_envoy, describe
 
 # --- Envoy strings, verbatim from upstream-facts §5.1 ----------------------------------------------
 

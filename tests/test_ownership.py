@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from custom_ca_conformance import access, survey
-from custom_ca_conformance.errors import ProviderUnavailable
+from custom_ca_conformance.cluster.contract import ProviderSettings
+from custom_ca_conformance.cluster.existing import ExistingProvider
+from custom_ca_conformance.install import survey
 from custom_ca_conformance.kube.ledger import Ledger
-from custom_ca_conformance.ownership import MANAGED_BY, MANAGED_BY_LABEL, RUN_LABEL, Refused
-from custom_ca_conformance.providers.base import ProviderSettings
-from custom_ca_conformance.providers.existing import ExistingProvider
-from custom_ca_conformance.toolchain import CERT_MANAGER_VERSION
-from custom_ca_conformance.topology import from_document
+from custom_ca_conformance.localplane.toolchain import CERT_MANAGER_VERSION
+from custom_ca_conformance.model import access
+from custom_ca_conformance.model.errors import ProviderUnavailable
+from custom_ca_conformance.model.ownership import MANAGED_BY, MANAGED_BY_LABEL, RUN_LABEL, Refused
+from custom_ca_conformance.model.topology import from_document
 
 pytest_plugins = ("pytester",)
 

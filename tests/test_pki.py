@@ -1,4 +1,4 @@
-"""custom_ca_conformance.pki against real certificates minted with cryptography."""
+"""custom_ca_conformance.model.pki against real certificates minted with cryptography."""
 
 import datetime as dt
 import hashlib
@@ -7,7 +7,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from custom_ca_conformance import pki
+from custom_ca_conformance.model import pki
 
 WORKLOAD_ID = "spiffe://cluster.local/ns/foo/sa/curl"
 ISTIO_USAGES = {"digital signature", "key encipherment", "server auth", "client auth"}

@@ -1,4 +1,4 @@
-"""Self-tests of the pytest plugin (fixtures/plugin.py) through pytester: no cluster, nothing provisioned.
+"""Self-tests of the pytest plugin (fixtures/plugin/) through pytester: no cluster, nothing provisioned.
 
 Each case runs a real ``python -m pytest`` in a subprocess. Runs against the suite itself use the
 repository as working directory (its pyproject.toml, conftest.py and conformance/ tests); runs of
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from custom_ca_conformance.session import STATE_ENV
+from custom_ca_conformance.plugin.session import STATE_ENV
 
 pytest_plugins = ("pytester",)
 
@@ -179,7 +179,7 @@ def test_an_upgrade_phase_the_run_did_not_reach_skips_as_blocked():
     from types import SimpleNamespace
 
     from custom_ca_conformance.conformance.test_upgrade import _record
-    from custom_ca_conformance.vocabulary import is_blocked
+    from custom_ca_conformance.model.vocabulary import is_blocked
 
     with pytest.raises(pytest.skip.Exception) as skipped:
         _record(SimpleNamespace(state={"upgrade": {"before": {}}}), "rollout")
@@ -338,7 +338,7 @@ def skipping_tests(pytester: pytest.Pytester) -> None:
     pytester.makefile(".yaml", no_ed25519=profile.replace("unsupported: []", "unsupported: [ed25519]"))
     pytester.makepyfile(test_skips="""
         import pytest
-        from custom_ca_conformance.vocabulary import Feature
+        from custom_ca_conformance.model.vocabulary import Feature
 
         def test_plain_skip():
             pytest.skip("some other reason")
@@ -374,14 +374,14 @@ def test_strict_skips_accepts_a_capability_the_provider_lacks(run, pytester):
     # Every shipped provider has every capability; a conftest takes one away from the sidecar mesh
     # so that the declared-gap path of `requires` runs.
     pytester.makeconftest("""
-        from custom_ca_conformance.providers.sidecar_mesh import SidecarMesh
-        from custom_ca_conformance.vocabulary import Capability
+        from custom_ca_conformance.probes.sidecar import SidecarMesh
+        from custom_ca_conformance.model.vocabulary import Capability
 
         SidecarMesh.capabilities = SidecarMesh.capabilities - {Capability.ENVOY_DATA_PLANE}
         """)
     pytester.makepyfile(test_capability="""
         import pytest
-        from custom_ca_conformance.vocabulary import Capability
+        from custom_ca_conformance.model.vocabulary import Capability
 
         @pytest.mark.requires(Capability.ENVOY_DATA_PLANE)
         def test_needs_envoy():
@@ -400,7 +400,7 @@ def test_strict_skips_accepts_a_signer_feature_the_profile_declares_unsupported(
     pytester.makefile(".yaml", no_ed25519=text)
     pytester.makepyfile(test_features="""
         import pytest
-        from custom_ca_conformance.vocabulary import Feature
+        from custom_ca_conformance.model.vocabulary import Feature
 
         @pytest.mark.requires(Feature.ED25519)
         def test_needs_ed25519():
@@ -421,7 +421,7 @@ def test_capability_present_runs_the_test(run, pytester):
     # kind's Envoy sidecars have ENVOY_DATA_PLANE: the test runs (and nothing is provisioned).
     pytester.makepyfile(test_capability="""
         import pytest
-        from custom_ca_conformance.vocabulary import Capability
+        from custom_ca_conformance.model.vocabulary import Capability
 
         @pytest.mark.requires(Capability.ENVOY_DATA_PLANE)
         def test_needs_envoy():
@@ -483,7 +483,7 @@ def test_markers_pass_strict_markers_and_unknown_ones_do_not(run, pytester):
     decorators = "\n".join(f"@pytest.mark.{name}" for name in MARKER_NAMES if name not in ("requires", "upgrade"))
     pytester.makepyfile(test_marked=f"""
 import pytest
-from custom_ca_conformance.vocabulary import Capability
+from custom_ca_conformance.model.vocabulary import Capability
 
 {decorators}
 @pytest.mark.requires(Capability.KUBELET)

@@ -2,14 +2,8 @@
 
 import json
 
-from custom_ca_conformance.posture import (
-    CHOOSER_NAME,
-    PROXY_CONFIG_ANNOTATION,
-    chooser_deployment,
-    chooser_pair,
-    signer_choice_pair,
-)
-from custom_ca_conformance.topology import default_topology, from_document
+from custom_ca_conformance.model.topology import default_topology, from_document
+from custom_ca_conformance.probes.posture import CHOOSER_NAME, PROXY_CONFIG_ANNOTATION, chooser_deployment, chooser_pair, signer_choice_pair
 
 CURL = {
     "apiVersion": "apps/v1", "kind": "Deployment",

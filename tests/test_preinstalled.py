@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from custom_ca_conformance import cert_manager_cluster, diagnoses, kube
-from custom_ca_conformance.errors import ProvisioningError
-from custom_ca_conformance.mesh_installer import access_logging_gap
-from custom_ca_conformance.providers.base import ProviderSettings
-from custom_ca_conformance.providers.existing import ExistingProvider
-from custom_ca_conformance.providers.local import LocalProvider
-from custom_ca_conformance.topology import CERT_MANAGER_NAMESPACE, ISTIO_NAMESPACE, ca_secret_name, default_topology
+from custom_ca_conformance import kube
+from custom_ca_conformance.cluster.contract import ProviderSettings
+from custom_ca_conformance.cluster.existing import ExistingProvider
+from custom_ca_conformance.cluster.local import LocalProvider
+from custom_ca_conformance.evidence import diagnoses
+from custom_ca_conformance.kube import cert_manager
+from custom_ca_conformance.install.sequence import access_logging_gap
+from custom_ca_conformance.model.errors import ProvisioningError
+from custom_ca_conformance.model.topology import CERT_MANAGER_NAMESPACE, ISTIO_NAMESPACE, ca_secret_name, default_topology
 
 pytestmark = pytest.mark.xdist_group("node")
 
@@ -32,27 +34,27 @@ POD = {"metadata": {"namespace": "security-tools", "name": "certs-7d9f-abcde"}}
 
 
 def test_the_controller_is_recognised_by_its_image_or_its_flag_whatever_its_names():
-    assert cert_manager_cluster.is_controller_container(CHART_CONTROLLER)
+    assert cert_manager.is_controller_container(CHART_CONTROLLER)
     renamed = {"name": "manager", "image": "registry.example/mirror/cert-manager-controller@sha256:" + "a" * 64}
-    assert cert_manager_cluster.is_controller_container(renamed)
+    assert cert_manager.is_controller_container(renamed)
     own_build = {"name": "c", "image": "localhost/ccc:1", "args": ["--cluster-resource-namespace=certs"]}
-    assert cert_manager_cluster.is_controller_container(own_build)
+    assert cert_manager.is_controller_container(own_build)
     webhook = {"name": "cert-manager-webhook", "image": "quay.io/jetstack/cert-manager-webhook:v1.21.0",
                "args": ["--secure-port=10250"]}
-    assert not cert_manager_cluster.is_controller_container(webhook)
+    assert not cert_manager.is_controller_container(webhook)
 
 
 def test_the_resource_namespace_is_the_controllers_flag_with_its_variables_expanded():
-    assert cert_manager_cluster.resource_namespace(POD, CHART_CONTROLLER) == "security-tools"
+    assert cert_manager.resource_namespace(POD, CHART_CONTROLLER) == "security-tools"
     literal = {"args": ["--cluster-resource-namespace=pki"]}
-    assert cert_manager_cluster.resource_namespace(POD, literal) == "pki"
+    assert cert_manager.resource_namespace(POD, literal) == "pki"
     # cert-manager's own default when the flag is not given.
-    assert cert_manager_cluster.resource_namespace(POD, {"args": []}) == "kube-system"
+    assert cert_manager.resource_namespace(POD, {"args": []}) == "kube-system"
 
 
 def test_a_cluster_issuer_names_its_ca_secret_or_none():
-    assert cert_manager_cluster.ca_secret_name({"spec": {"ca": {"secretName": "team-a-ca"}}}) == "team-a-ca"
-    assert cert_manager_cluster.ca_secret_name({"spec": {"selfSigned": {}}}) is None
+    assert cert_manager.ca_secret_name({"spec": {"ca": {"secretName": "team-a-ca"}}}) == "team-a-ca"
+    assert cert_manager.ca_secret_name({"spec": {"selfSigned": {}}}) is None
 
 
 def _telemetry(namespace: str, *entries: dict, selector: dict | None = None) -> dict:

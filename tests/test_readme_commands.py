@@ -1,6 +1,6 @@
 """Commands README shows, run as shown on the real local node, so a documented path cannot break unseen.
 
-They need root and the built toolchain and images (``python -m custom_ca_conformance.machine_setup``).
+They need root and the built toolchain and images (``python -m custom_ca_conformance.localplane.machine_setup``).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from custom_ca_conformance.providers.base import ProviderSettings
-from custom_ca_conformance.providers.local import LocalProvider
-from custom_ca_conformance.session import STATE_ENV
-from custom_ca_conformance.topology import default_topology
+from custom_ca_conformance.cluster.contract import ProviderSettings
+from custom_ca_conformance.cluster.local import LocalProvider
+from custom_ca_conformance.model.topology import default_topology
+from custom_ca_conformance.plugin.session import STATE_ENV
 
 # One node per machine: keep these with the node self-tests on one xdist worker.
 pytestmark = pytest.mark.xdist_group("node")

@@ -6,21 +6,15 @@ import base64
 import datetime as dt
 
 import pytest
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from kubernetes import client
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from custom_ca_conformance import pki
-from custom_ca_conformance.csr_contract import ISTIO_USAGES, CsrDriver
+from custom_ca_conformance.model import pki
+from custom_ca_conformance.probes.csr_contract import ISTIO_USAGES, CsrDriver
 from custom_ca_conformance.signer import Breakage, SignerCA, ca_secret_name, signer_rbac_objects, start_reference_signer
-from custom_ca_conformance.signer.reference import (
-    DEFAULT_EXPIRATION_SECONDS,
-    Action,
-    decide,
-    issue_chain,
-    parse_go_duration,
-)
+from custom_ca_conformance.signer.reference import DEFAULT_EXPIRATION_SECONDS, Action, decide, issue_chain, parse_go_duration
 
 FOO = "clusterissuers.cert-manager.io/foo"
 BAR = "clusterissuers.cert-manager.io/bar"

@@ -19,9 +19,8 @@ import jsonschema
 import pytest
 
 from custom_ca_conformance import reports
-from custom_ca_conformance.reports import (AS_EXPECTED, NOT_RUN, UNEXPECTED, PairSpec, Phase, RecordCollector,
-                                           RunFacts, RunReport)
-from custom_ca_conformance.session import STATE_ENV
+from custom_ca_conformance.plugin.session import STATE_ENV
+from custom_ca_conformance.reports import AS_EXPECTED, NOT_RUN, UNEXPECTED, PairSpec, Phase, RecordCollector, RunFacts, RunReport
 
 pytest_plugins = ("pytester",)
 
@@ -302,7 +301,7 @@ def test_write_reports_writes_the_three_files(tmp_path):
 
 
 def test_diagnoses_may_come_as_diagnosis_objects():
-    from custom_ca_conformance.evidence import Diagnosis
+    from custom_ca_conformance.model.evidence import Diagnosis
 
     diagnosis = Diagnosis(**{**DIAGNOSIS, "evidence": tuple(DIAGNOSIS["evidence"])})
     facts = RunFacts.from_dict({"setup_failure": {"stage": "signers", "message": "m", "diagnoses": [diagnosis]}})
@@ -536,9 +535,9 @@ def test_probe_fixture_and_session_facts_make_the_report(run, pytester):
     # The real `pair` parametrization and `probe` fixture over a fake mesh; the session's facts stubbed.
     pytester.makeconftest("""
         import pytest
-        from custom_ca_conformance.outcomes import Classification, Outcome
-        from custom_ca_conformance.providers.base import ProbeResult
-        from custom_ca_conformance.session import MeshSession
+        from custom_ca_conformance.model.outcomes import Classification, Outcome
+        from custom_ca_conformance.probes.mesh import ProbeResult
+        from custom_ca_conformance.plugin.session import MeshSession
 
         MeshSession.report_facts = lambda self: {
             "provider": "local", "versions": {"istio": "1.99.0", "cert-manager": "v9.9.9"},

@@ -6,11 +6,11 @@ import copy
 import textwrap
 
 import pytest
-
 import upstream_schemas as schemas
-from custom_ca_conformance import render
-from custom_ca_conformance.pki import make_self_signed_ca
-from custom_ca_conformance.topology import default_topology, generated_topology
+
+from custom_ca_conformance.model.pki import make_self_signed_ca
+from custom_ca_conformance.model.topology import default_topology, generated_topology
+from custom_ca_conformance.render import templates
 
 TOPOLOGIES = {"default": default_topology(), "generated-3": generated_topology(3)}
 
@@ -25,7 +25,7 @@ def catalog() -> schemas.SchemaCatalog:
 
 def _rendered(topology) -> list[dict]:
     roots = {signer: make_self_signed_ca(signer).cert_pem for signer in topology.signers}
-    return [obj for objects in render.all_documents(topology, roots).values() for obj in objects]
+    return [obj for objects in templates.all_documents(topology, roots).values() for obj in objects]
 
 
 def _object_id(obj: dict) -> str:

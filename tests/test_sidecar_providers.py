@@ -12,15 +12,17 @@ from types import SimpleNamespace
 
 import pytest
 
-from custom_ca_conformance import installers, render
-from custom_ca_conformance.pki import cert_to_pem, make_intermediate_ca, make_self_signed_ca
-from custom_ca_conformance import mesh_installer
-from custom_ca_conformance.providers import existing, sidecar_mesh
-from custom_ca_conformance.providers.base import ProviderSettings
-from custom_ca_conformance.errors import ProviderUnavailable, ProvisioningError
-from custom_ca_conformance.evidence import CsrRecord
-from custom_ca_conformance.providers.kind import KindProvider
-from custom_ca_conformance.topology import default_topology, from_document
+from custom_ca_conformance.cluster import existing
+from custom_ca_conformance.cluster.contract import ProviderSettings
+from custom_ca_conformance.cluster.kind import KindProvider
+from custom_ca_conformance.model.evidence import CsrRecord
+from custom_ca_conformance.install import sequence
+from custom_ca_conformance.tools import commands
+from custom_ca_conformance.model.errors import ProviderUnavailable, ProvisioningError
+from custom_ca_conformance.model.pki import cert_to_pem, make_intermediate_ca, make_self_signed_ca
+from custom_ca_conformance.model.topology import default_topology, from_document
+from custom_ca_conformance.probes import sidecar
+from custom_ca_conformance.render import templates
 
 FOO_CURL = "spiffe://cluster.local/ns/foo/sa/curl"
 FOO_HTTPBIN = "spiffe://cluster.local/ns/foo/sa/httpbin"
@@ -53,18 +55,18 @@ def _fake_curl(directory: Path, status: str, body: str, exit_code: int) -> None:
 ])
 def test_probe_script_reports_status_body_and_curl_exit_code(tmp_path, status, body, exit_code):
     _fake_curl(tmp_path, status, body, exit_code)
-    command = sidecar_mesh.curl_command("http://httpbin.foo:8000/headers?probe=abc", str(tmp_path / "body"))
+    command = sidecar.curl_command("http://httpbin.foo:8000/headers?probe=abc", str(tmp_path / "body"))
     result = subprocess.run(command, capture_output=True, text=True, timeout=30,
                             env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
     assert result.returncode == exit_code
-    seen_status, seen_body = sidecar_mesh.split_probe_output(result.stdout)
+    seen_status, seen_body = sidecar.split_probe_output(result.stdout)
     assert seen_status == (int(status) or None)
     assert seen_body == body
     assert not (tmp_path / "body").exists()
 
 
 def test_curl_command_passes_url_as_an_argument_not_in_the_script():
-    command = sidecar_mesh.curl_command("http://x/'$(reboot)'", "/tmp/b")
+    command = sidecar.curl_command("http://x/'$(reboot)'", "/tmp/b")
     assert command[:2] == ["sh", "-c"] and command[-1] == "http://x/'$(reboot)'" and "reboot" not in command[2]
     assert "--max-time 10" in command[2] and '-w "%{http_code}"' in command[2]
 
@@ -76,21 +78,21 @@ XFCC = f'By={FOO_HTTPBIN};Hash=abc123;Subject="";URI={FOO_CURL}'
 
 def test_identities_come_from_the_xfcc_httpbin_echoed():
     body = json.dumps({"headers": {"X-Forwarded-Client-Cert": [XFCC], "Host": ["httpbin.foo:8000"]}})
-    assert sidecar_mesh.identities_from_xfcc(sidecar_mesh.xfcc_from_headers_json(body)) == (FOO_CURL, FOO_HTTPBIN)
+    assert sidecar.identities_from_xfcc(sidecar.xfcc_from_headers_json(body)) == (FOO_CURL, FOO_HTTPBIN)
 
 
 def test_xfcc_header_lookup_is_case_insensitive_and_accepts_strings():
-    assert sidecar_mesh.xfcc_from_headers_json(json.dumps({"headers": {"x-forwarded-client-cert": XFCC}})) == XFCC
-    assert sidecar_mesh.xfcc_from_headers_json("not json") is None
-    assert sidecar_mesh.xfcc_from_headers_json(json.dumps({"headers": {}})) is None
+    assert sidecar.xfcc_from_headers_json(json.dumps({"headers": {"x-forwarded-client-cert": XFCC}})) == XFCC
+    assert sidecar.xfcc_from_headers_json("not json") is None
+    assert sidecar.xfcc_from_headers_json(json.dumps({"headers": {}})) is None
 
 
 def test_xfcc_quoted_values_may_hold_separators_and_the_last_element_is_the_nearest_hop():
     value = f'By=spiffe://a;URI=spiffe://old,By={FOO_HTTPBIN};Subject="CN=x,O=y;z";URI={FOO_CURL}'
-    elements = sidecar_mesh.parse_xfcc(value)
+    elements = sidecar.parse_xfcc(value)
     assert elements[1]["Subject"] == "CN=x,O=y;z"
-    assert sidecar_mesh.identities_from_xfcc(value) == (FOO_CURL, FOO_HTTPBIN)
-    assert sidecar_mesh.identities_from_xfcc(None) == (None, None)
+    assert sidecar.identities_from_xfcc(value) == (FOO_CURL, FOO_HTTPBIN)
+    assert sidecar.identities_from_xfcc(None) == (None, None)
 
 
 # --- proxy-config secret ----------------------------------------------------------------------------
@@ -116,7 +118,7 @@ def test_proxy_config_secret_yields_the_chain_and_the_trusted_root(snake):
     root = make_self_signed_ca("foo")
     intermediate = make_intermediate_ca(root, "foo-int")
     chain = intermediate.chain_pem
-    chain_pem, root_pem = sidecar_mesh.secrets_from_proxy_config(_secret_dump(chain, cert_to_pem(root.cert), snake=snake),
+    chain_pem, root_pem = sidecar.secrets_from_proxy_config(_secret_dump(chain, cert_to_pem(root.cert), snake=snake),
                                                              "src")
     assert chain_pem.decode() == chain and root_pem.decode() == cert_to_pem(root.cert)
 
@@ -125,7 +127,7 @@ def test_a_sidecar_without_rootca_is_reported():
     dump = _secret_dump("x", "y")
     dump["dynamicActiveSecrets"].pop()
     with pytest.raises(ProvisioningError, match="no ROOTCA secret"):
-        sidecar_mesh.secrets_from_proxy_config(dump, "istioctl proxy-config secret curl.foo")
+        sidecar.secrets_from_proxy_config(dump, "istioctl proxy-config secret curl.foo")
 
 
 # --- install helpers -------------------------------------------------------------------------------
@@ -138,12 +140,12 @@ def test_a_sidecar_without_rootca_is_reported():
     (["--config=/var/cert-manager/config/config.yaml"], None),
 ])
 def test_feature_gate_detection(args, expected):
-    assert mesh_installer.feature_gate_enabled(args, "ExperimentalCertificateSigningRequestControllers") is expected
+    assert sequence.feature_gate_enabled(args, "ExperimentalCertificateSigningRequestControllers") is expected
 
 
 def test_run_id_annotates_only_deployment_pod_templates_without_touching_the_input():
-    objects = render.workload_objects(default_topology())
-    stamped = mesh_installer.with_run_id(objects, "r1")
+    objects = templates.workload_objects(default_topology())
+    stamped = sequence.with_run_id(objects, "r1")
     for before, after in zip(objects, stamped):
         if after["kind"] == "Deployment":
             assert after["spec"]["template"]["metadata"]["annotations"] == {"custom-ca-conformance/run-id": "r1"}
@@ -158,18 +160,18 @@ def _record(spiffe_id: str, issued: bool) -> CsrRecord:
 
 def test_tenants_missing_issued_csrs():
     topology = default_topology()
-    assert mesh_installer.tenants_missing_issued_csrs(topology, []) == ["foo", "bar"]
+    assert sequence.tenants_missing_issued_csrs(topology, []) == ["foo", "bar"]
     records = [_record(FOO_CURL, True), _record("spiffe://cluster.local/ns/bar/sa/curl", False)]
-    assert mesh_installer.tenants_missing_issued_csrs(topology, records) == ["bar"]
+    assert sequence.tenants_missing_issued_csrs(topology, records) == ["bar"]
 
 
 @pytest.mark.parametrize("vanilla_envoy", [False, True])
 def test_rejected_pushes_hint_at_the_vanilla_envoy_settings_only_on_a_vanilla_envoy(vanilla_envoy):
     rejected = ["ADS:LDS: ACK ERROR curl-1.foo-3 Internal:Error adding/updating listener(s) virtualInbound"]
-    error = mesh_installer.xds_rejected_error("istiod-1", rejected, render.Platform(vanilla_envoy=vanilla_envoy))
+    error = sequence.xds_rejected_error("istiod-1", rejected, templates.Platform(vanilla_envoy=vanilla_envoy))
     text = str(error)
     assert rejected[0] in text and "istio-system/istiod-1 container discovery" in text
-    hinted = all(f"{name}={value}" in text for name, value in render.VANILLA_ENVOY_ISTIOD_ENV.items())
+    hinted = all(f"{name}={value}" in text for name, value in templates.VANILLA_ENVOY_ISTIOD_ENV.items())
     assert hinted is vanilla_envoy, text
     assert ("PILOT_ENABLE" in text) is vanilla_envoy, text
 
@@ -263,10 +265,10 @@ def no_real_clients(monkeypatch):
 
 def _new_kind_provider(tmp_path, monkeypatch, clusters: str = "", **overrides):
     recorder = _Recorder(clusters)
-    monkeypatch.setattr(installers, "run", recorder.run)
+    monkeypatch.setattr(commands, "run", recorder.run)
     provider = KindProvider(_settings(tmp_path, **overrides))
     provider._kind = "kind"
-    provider._tools = mesh_installer.Tools(istioctl="istioctl", helm="helm")
+    provider._tools = sequence.Tools(istioctl="istioctl", helm="helm")
     monkeypatch.setattr(provider, "_installer", lambda api_client: SimpleNamespace(install=lambda: None))
     return provider, recorder
 

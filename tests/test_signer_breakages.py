@@ -9,7 +9,7 @@ test), no fewer (caught by the right one).
 
 The runs are independent (each variant has its own signerNames, ServiceAccount and CA), so
 they run a few at a time; ``sign-foreign`` signs every signerName and runs alone, after the
-others. Skipped when kube-apiserver/etcd are not built (``python -m custom_ca_conformance.toolchain build``).
+others. Skipped when kube-apiserver/etcd are not built (``python -m custom_ca_conformance.localplane.toolchain build``).
 """
 
 from __future__ import annotations

@@ -3,19 +3,19 @@
 import pytest
 from kubernetes import client
 
-from custom_ca_conformance import signer_install
-from custom_ca_conformance.providers.base import ProviderSettings
-from custom_ca_conformance.errors import ProviderUnavailable, ProvisioningError
-from custom_ca_conformance.providers.existing import ExistingProvider
-from custom_ca_conformance.providers.local import LocalProvider
-from custom_ca_conformance.topology import default_topology
+from custom_ca_conformance.cluster.contract import ProviderSettings
+from custom_ca_conformance.cluster.existing import ExistingProvider
+from custom_ca_conformance.cluster.local import LocalProvider
+from custom_ca_conformance.install import vendor_signer
+from custom_ca_conformance.model.errors import ProviderUnavailable, ProvisioningError
+from custom_ca_conformance.model.topology import default_topology
 
 HELM = {"release": "acme-signer", "chart": "oci://registry.acme.example/charts/csr-signer", "version": "2.3.0",
         "namespace": "acme-ca", "values": {"approval": {"enforce": True}}}
 
 
 def test_helm_install_waits_in_the_profile_namespace_with_the_values_file(tmp_path):
-    argv = signer_install.helm_install_argv(HELM, tmp_path / "v.yaml", helm="helm", kubeconfig="/k", context="c")
+    argv = vendor_signer.helm_install_argv(HELM, tmp_path / "v.yaml", helm="helm", kubeconfig="/k", context="c")
     assert argv[:5] == ["helm", "upgrade", "--install", "acme-signer", "oci://registry.acme.example/charts/csr-signer"]
     assert argv[argv.index("--version") + 1] == "2.3.0"
     assert argv[argv.index("--namespace") + 1] == "acme-ca" and "--create-namespace" in argv and "--wait" in argv
@@ -25,10 +25,10 @@ def test_helm_install_waits_in_the_profile_namespace_with_the_values_file(tmp_pa
 
 def test_manifest_errors_name_the_file(tmp_path):
     with pytest.raises(ProvisioningError, match=r"missing.yaml: cannot be read"):
-        signer_install.manifest_objects(["missing.yaml"], tmp_path)
+        vendor_signer.manifest_objects(["missing.yaml"], tmp_path)
     (tmp_path / "bad.yaml").write_text("kind: [")
     with pytest.raises(ProvisioningError, match=r"bad.yaml: not valid YAML"):
-        signer_install.manifest_objects(["bad.yaml"], tmp_path)
+        vendor_signer.manifest_objects(["bad.yaml"], tmp_path)
 
 
 def test_the_local_provider_refuses_a_signer_it_cannot_run(tmp_path):

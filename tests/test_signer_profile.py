@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from custom_ca_conformance.vocabulary import Feature
-from custom_ca_conformance.signer_profile import SignerProfileError, builtin_profile, load_signer_profile
-from custom_ca_conformance.topology import default_topology
+from custom_ca_conformance.model.signer_profile import SignerProfileError, builtin_profile, load_signer_profile
+from custom_ca_conformance.model.topology import default_topology
+from custom_ca_conformance.model.vocabulary import Feature
 
 REPO = Path(__file__).resolve().parent.parent
 

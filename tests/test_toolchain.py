@@ -1,4 +1,4 @@
-"""Self-tests for custom_ca_conformance.toolchain: no cluster, no network, no real build."""
+"""Self-tests for custom_ca_conformance.localplane.toolchain: no cluster, no network, no real build."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from custom_ca_conformance import toolchain
-from custom_ca_conformance.toolchain import PINS, Pins
+from custom_ca_conformance.localplane import toolchain
+from custom_ca_conformance.localplane.toolchain import PINS, Pins
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -303,7 +303,7 @@ def _run_cli(args: list[str], tmp_path: Path, path_env: str) -> subprocess.Compl
     env = {k: v for k, v in os.environ.items() if k != "PATH"}
     env.update(PATH=path_env, CUSTOM_CA_CONFORMANCE_CACHE=str(tmp_path / "cache"))
     return subprocess.run(
-        [sys.executable, "-m", "custom_ca_conformance.toolchain", *args],
+        [sys.executable, "-m", "custom_ca_conformance.localplane.toolchain", *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

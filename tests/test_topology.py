@@ -2,14 +2,7 @@
 
 import pytest
 
-from custom_ca_conformance.topology import (
-    Role,
-    TopologyError,
-    default_topology,
-    from_document,
-    generated_topology,
-    load_topology,
-)
+from custom_ca_conformance.model.topology import Role, TopologyError, default_topology, from_document, generated_topology, load_topology
 
 
 def test_default_topology_is_the_istio_task():
@@ -49,7 +42,7 @@ def test_generated_topology_has_one_signer_per_tenant():
 
 
 def test_a_topology_of_more_tenants_than_supported_is_refused_in_one_line():
-    from custom_ca_conformance.topology import MAX_TENANTS
+    from custom_ca_conformance.model.topology import MAX_TENANTS
 
     assert len(generated_topology(MAX_TENANTS).tenants) == MAX_TENANTS
     with pytest.raises(TopologyError) as error:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from custom_ca_conformance import toolchain
+from custom_ca_conformance.localplane import toolchain
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / ".github" / "workflows"
 
