@@ -29,7 +29,7 @@ def test_istiod_requests_the_tenant_signer(tenant, mesh, topology):
     assert records and all(r.signer_name == expected and r.username == ISTIOD_USER for r in records), mismatch(
         f"CSRs for workloads of {tenant.namespace} with signerName {expected}, requested by {ISTIOD_USER}",
         _summary(records),
-        f"CSR watch log {mesh.csr_log_path}",
+        f"CSR watch log {mesh.record.csr_log}",
     )
 
 
@@ -39,7 +39,7 @@ def test_istiod_approves_the_tenant_csrs(tenant, mesh):
     assert approved, mismatch(
         f"condition Approved=True on a CSR of {tenant.namespace} (istiod approves through /approval)",
         _summary(records),
-        f"CSR watch log {mesh.csr_log_path}; istiod log (approve RBAC on certificates.k8s.io/signers)",
+        f"CSR watch log {mesh.record.csr_log}; istiod log (approve RBAC on certificates.k8s.io/signers)",
     )
 
 
@@ -50,7 +50,7 @@ def test_signer_issues_the_tenant_csrs(tenant, mesh, topology):
     assert issued and not failed, mismatch(
         f"status.certificate set by signer {topology.signer_name(tenant.signer)} on an approved CSR, no Failed condition",
         _summary(records) + (f"; Failed: {[r.conditions for r in failed][:2]}" if failed else ""),
-        f"CSR watch log {mesh.csr_log_path}; the signer controller's log",
+        f"CSR watch log {mesh.record.csr_log}; the signer controller's log",
     )
 
 
@@ -59,7 +59,7 @@ def test_no_csr_names_an_unconfigured_signer(mesh, topology):
     assert not unknown, mismatch(
         f"CSRs only for {sorted(topology.signer_names)}",
         f"also {unknown}",
-        f"CSR watch log {mesh.csr_log_path}",
+        f"CSR watch log {mesh.record.csr_log}",
     )
 
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.upgrade
 
 
 def _record(mesh, part: str) -> dict:
-    record = mesh.state.get("upgrade") or {}
+    record = mesh.record.upgrade or {}
     if part not in record:
         pytest.skip(blocked_phase(part))
     return record
@@ -30,7 +30,7 @@ def test_before_the_upgrade(pair, mesh):
     seen = record["before"][pair.id]
     assert seen["seen"] == seen["expected"], mismatch(
         f"{seen['expected']} on Istio {record['from']} before the upgrade",
-        seen["detail"], f"state.json upgrade.before.{pair.id} in the evidence directory")
+        seen["detail"], f"state.json state.upgrade.before.{pair.id} in the evidence directory")
 
 
 @pytest.mark.requires(Stage.WORKLOADS)
@@ -44,7 +44,7 @@ def test_no_request_failed_during_the_rollout(mesh):
     figures = record["rollout"]
     assert not figures.get("prober_error"), mismatch(
         "the prober running through the whole rollout", f"it stopped: {figures['prober_error']}",
-        "state.json upgrade.rollout in the evidence directory")
+        "state.json state.upgrade.rollout in the evidence directory")
     assert figures["sent"] > 0, mismatch(
         "requests sent during the rollout", f"none sent, {figures['unsent']} could not be sent",
         "\n    ".join(figures["failures"]) or "the prober never ran")

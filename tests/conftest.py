@@ -46,13 +46,13 @@ def control_plane(control_plane_toolchain, tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_provider_available() -> None:
     """The local provider can run here: in CI its tests must run, elsewhere they may skip."""
+    from custom_ca_conformance.cluster import builtin_provider
     from custom_ca_conformance.cluster.contract import ProviderSettings
-    from custom_ca_conformance.cluster.local import LocalProvider
     from custom_ca_conformance.model.errors import ProviderUnavailable
     from custom_ca_conformance.model.topology import default_topology
 
     try:
-        LocalProvider(ProviderSettings(topology=default_topology())).check_requirements()
+        builtin_provider("local", ProviderSettings(topology=default_topology())).check_requirements()
     except ProviderUnavailable as exc:
         if os.environ.get("CI"):
             pytest.fail(f"the local provider must run in CI: {exc}", pytrace=False)

@@ -1,6 +1,6 @@
 """Each named diagnosis, from a real fault injected into a real local run.
 
-Every test starts a local node (the same LocalProvider users run), injects one
+Every test starts a local node (the same local provider users run), injects one
 misconfiguration through the ``adjust`` hook provisioning offers (the rendered objects are
 changed before they are applied, so the cluster really is misconfigured), and asserts that
 provisioning stops naming that cause. The last test runs the installed conformance suite
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from custom_ca_conformance.cluster.contract import ProviderSettings
-from custom_ca_conformance.cluster.local import LocalProvider
+from custom_ca_conformance.cluster import builtin_provider
 from custom_ca_conformance.evidence import diagnoses
 from custom_ca_conformance.localplane import node
 from custom_ca_conformance.localplane.toolchain import cache_root
@@ -28,6 +28,7 @@ from custom_ca_conformance.model import pki
 from custom_ca_conformance.model.errors import ProvisioningError
 from custom_ca_conformance.model.pods import INJECT_KEY
 from custom_ca_conformance.model.topology import CERT_MANAGER_NAMESPACE, ca_secret_name, default_topology, from_document
+from custom_ca_conformance.model.vocabulary import Stage
 
 pytest_plugins = ("pytester",)
 
@@ -50,12 +51,12 @@ def provision_with_fault(tmp_path: Path, fault, topology=None, upgrade_from=None
                          states: list | None = None) -> ProvisioningError:
     """Provision a fresh local node with ``fault`` as the adjust hook; return the error it must end in.
 
-    ``states``, when given, receives the provider's state as provisioning left it.
+    ``states``, when given, receives the run record as provisioning left it.
     """
     lines: list[str] = []
     settings = ProviderSettings(topology=topology or default_topology(), workdir=tmp_path / "work",
                                 adjust=fault, progress=lines.append, istio_upgrade_from=upgrade_from)
-    provider = LocalProvider(settings)
+    provider = builtin_provider("local", settings)
     provider.check_requirements()
     try:
         provider.provision()
@@ -63,9 +64,9 @@ def provision_with_fault(tmp_path: Path, fault, topology=None, upgrade_from=None
         return exc
     finally:
         if states is not None:
-            states.append(dict(provider.state))
-        node_dir = provider.state.get("node_workdir")
-        provider.teardown(provider.state)
+            states.append(provider.record)
+        node_dir = provider.record.node_workdir if provider.record else None
+        provider.teardown(provider.record)
         # Under this node's directory only: the other xdist worker's node may start as soon as this one stops.
         left = node.leftovers(Path(node_dir), machine_wide=False) if node_dir else {}
         assert left == {}, left
@@ -347,12 +348,12 @@ def test_an_upgrade_that_breaks_istiod_is_named_after_the_before_phase(local_pro
             if len(operators) == 2:
                 _set_istiod_env(value, "CERT_SIGNER_DOMAIN", None)
 
-    states: list[dict] = []
+    states: list = []
     error = provision_with_fault(tmp_path, fault, upgrade_from="b01690e6db7d", states=states)
 
     assert diagnoses.KIND_SIGNER_DOMAIN_MISSING in {kind for kind, _ in named(error)}, explain(error)
-    record = states[0]["upgrade"]
+    record = states[0].upgrade
     assert {pair: seen["seen"] == seen["expected"] for pair, seen in record["before"].items()} == {
         "foo-to-foo": True, "foo-to-bar": True, "bar-to-foo": True, "bar-to-bar": True}, record["before"]
-    assert record["rollout"]["sent"] > 0 and states[0]["stage"] == "workloads", (record, states[0]["stage"])
+    assert record["rollout"]["sent"] > 0 and states[0].stage == Stage.WORKLOADS, (record, states[0].stage)
 

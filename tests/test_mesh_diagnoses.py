@@ -278,13 +278,14 @@ def test_a_setup_failure_without_a_named_cause_says_what_was_checked():
 
 def test_an_analyzer_that_fails_is_recorded_as_unavailable_never_raised(tmp_path):
     from custom_ca_conformance.evidence.collection import istioctl_analysis
+    from custom_ca_conformance.model.run_record import RunRecord
 
     broken = tmp_path / "istioctl"
     broken.write_text("#!/bin/sh\necho 'Error: could not connect to the cluster' >&2\nexit 1\n")
     broken.chmod(0o755)
     for istioctl in (str(broken), str(tmp_path / "absent")):
-        evidence = istioctl_analysis({"istioctl": istioctl, "kubeconfig": "kubeconfig"}, tmp_path / "out",
-                                     Evidence(now=NOW))
+        run = RunRecord(kubeconfig="kubeconfig", context=None, workdir=str(tmp_path), run_id="r", istioctl=istioctl)
+        evidence = istioctl_analysis(run, tmp_path / "out", Evidence(now=NOW))
         assert evidence.analyzer_messages is None, evidence.analyzer_messages
         _contains(evidence.sources["analyzer_messages"], "unavailable: ", "the analyzer's source")
     assert "not run (unavailable:" in "\n".join(checked(TOPOLOGY, evidence))

@@ -14,10 +14,10 @@ import time
 import pytest
 from kubernetes import client
 
+from custom_ca_conformance.cluster import builtin_provider
 from custom_ca_conformance.cluster.contract import ProviderSettings
-from custom_ca_conformance.cluster.existing import ExistingProvider
-from custom_ca_conformance.cluster.local import LocalProvider
-from custom_ca_conformance.install.sequence import Tools
+from custom_ca_conformance.cluster.existing import ExistingCluster
+from custom_ca_conformance.cluster.provider import Provider
 from custom_ca_conformance.kube.apply import dynamic_client
 from custom_ca_conformance.model.errors import ProvisioningError
 from custom_ca_conformance.model.ownership import DERIVED_KINDS
@@ -32,29 +32,21 @@ VOLATILE_KINDS = DERIVED_KINDS | {"CertificateSigningRequest"}
 
 @pytest.fixture(scope="module")
 def bare_node(local_provider_available, tmp_path_factory):
-    local = LocalProvider(ProviderSettings(topology=default_topology(), progress=lambda line: None,
-                                           workdir=tmp_path_factory.mktemp("node") / "work"))
+    local = builtin_provider("local", ProviderSettings(topology=default_topology(), progress=lambda line: None,
+                                                       workdir=tmp_path_factory.mktemp("node") / "work"))
     local.check_requirements()
-    node = local.start_node()
+    local.adapter.obtain(local.new_record)
     try:
-        yield local, node
+        yield local, local.adapter.node
     finally:
-        local.teardown(local.state)
+        local.teardown(local.record)
 
 
-def as_existing(local: LocalProvider, kubeconfig: str, workdir) -> ExistingProvider:
-    class LocalNodeAsExisting(ExistingProvider):
-        def platform(self, *args):
-            return local.platform()
-
-        def cert_manager_source(self):
-            return local.cert_manager_source()
-
-        def resolve_tools(self):
-            return Tools(istioctl=local.state["istioctl"])
-
-    return LocalNodeAsExisting(ProviderSettings(topology=default_topology(), workdir=workdir, kubeconfig=kubeconfig,
-                                                progress=lambda line: None))
+def as_existing(local: Provider, kubeconfig: str, workdir) -> Provider:
+    """The existing adapter on the local node, installing from the local node's images."""
+    settings = ProviderSettings(topology=default_topology(), workdir=workdir, kubeconfig=kubeconfig,
+                                progress=lambda line: None)
+    return Provider(ExistingCluster(settings, sources=local.adapter.sources), settings)
 
 
 def cluster_objects(api) -> set[tuple[str, str, str, str]]:
@@ -95,12 +87,12 @@ def test_node_a_clean_run_deletes_exactly_what_it_created_and_leaves_a_users_obj
         before = cluster_objects(api)
         existing = as_existing(local, str(node.kubeconfig), tmp_path / "work")
         existing.check_requirements()
-        state = existing.provision()
+        run = existing.provision()
         core = client.CoreV1Api(api)
         core.create_namespaced_config_map("foo", {"metadata": {"name": "users-notes"}, "data": {"a": "b"}})
         version = core.read_namespaced_config_map("users-notes", "foo").metadata.resource_version
         with pytest.raises(ProvisioningError) as left:
-            existing.teardown(state)
+            existing.teardown(run)
         assert str(left.value) == ("teardown left objects behind: left Namespace foo, which this run created: it now "
                                    "holds 1 object(s) this run did not create (ConfigMap foo/users-notes)")
         assert core.read_namespaced_config_map("users-notes", "foo").metadata.resource_version == version

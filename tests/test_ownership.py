@@ -1,7 +1,7 @@
 """Ownership on a real API server: the suite refuses what it did not create and undoes exactly what it did.
 
 Against the pinned kube-apiserver and etcd (tests/conftest.py), through the same front door a
-user meets: ``ExistingProvider.check_requirements`` refuses in one line before anything changes,
+user meets: ``--custom-ca-cluster existing`` refuses in one line before anything changes,
 and the run's ledger applies, records and undoes. Every foreign object must keep its
 ``resourceVersion``.
 """
@@ -14,14 +14,20 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from custom_ca_conformance.cluster import builtin_provider
 from custom_ca_conformance.cluster.contract import ProviderSettings
-from custom_ca_conformance.cluster.existing import ExistingProvider
 from custom_ca_conformance.install import survey
 from custom_ca_conformance.kube.ledger import Ledger
 from custom_ca_conformance.localplane.toolchain import CERT_MANAGER_VERSION
 from custom_ca_conformance.model import access
 from custom_ca_conformance.model.errors import ProviderUnavailable
-from custom_ca_conformance.model.ownership import MANAGED_BY, MANAGED_BY_LABEL, RUN_LABEL, Refused
+from custom_ca_conformance.model.ownership import (
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    RUN_LABEL,
+    Refused,
+)
+from custom_ca_conformance.model.run_record import RunRecord
 from custom_ca_conformance.model.topology import from_document
 
 pytest_plugins = ("pytester",)
@@ -77,7 +83,7 @@ def _versions(api, *reads) -> list[str]:
 def _refusal_of(control_plane, tmp_path, topology) -> str:
     settings = ProviderSettings(topology=topology, workdir=tmp_path, kubeconfig=str(control_plane.kubeconfig))
     with pytest.raises(ProviderUnavailable) as refused:
-        ExistingProvider(settings).check_requirements()
+        builtin_provider("existing", settings).check_requirements()
     return str(refused.value)
 
 
@@ -134,10 +140,14 @@ def test_a_tenant_namespace_holding_a_users_httpbin_is_refused_and_left_unchange
             f"(it holds Deployment httpbin), and this run would install into it") in message
 
 
+def _record(run_id: str) -> RunRecord:
+    return RunRecord(kubeconfig="kc", context=None, workdir="/nonexistent", run_id=run_id)
+
+
 def test_the_ledger_refuses_to_apply_over_a_users_object(control_plane):
     namespace = _name("mine")
     with control_plane.api_client() as api:
-        ledger = Ledger(api, {"run_id": "r1"})
+        ledger = Ledger(api, _record("r1"))
         ledger.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}])
         users = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "httpbin", "namespace": namespace}}
         client.CoreV1Api(api).create_namespaced_service_account(namespace, users)
@@ -158,7 +168,7 @@ def test_undo_leaves_a_namespace_the_run_made_when_a_user_put_an_object_in_it(co
     namespace = _name("run")
     with control_plane.api_client() as api:
         core = client.CoreV1Api(api)
-        ledger = Ledger(api, {"run_id": "r2"})
+        ledger = Ledger(api, _record("r2"))
         ledger.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
                       {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ours", "namespace": namespace}}])
         assert core.read_namespace(namespace).metadata.labels[RUN_LABEL] == "r2"
@@ -177,7 +187,7 @@ def test_undo_reverses_the_ledger_newest_first_and_runs_each_install_once(contro
     namespace = _name("order")
     undone: list[str] = []
     with control_plane.api_client() as api:
-        ledger = Ledger(api, {"run_id": "r3"})
+        ledger = Ledger(api, _record("r3"))
         ledger.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}])
         ledger.record_install("helm", release="r", namespace=namespace)
         ledger.apply([{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": namespace}}])
@@ -206,7 +216,7 @@ def test_a_user_without_the_rights_learns_every_missing_permission_at_once(contr
                                                     tmp_path / "viewer.kubeconfig")
     settings = ProviderSettings(topology=_topology("foo"), workdir=tmp_path, kubeconfig=str(kubeconfig))
     with pytest.raises(ProviderUnavailable) as refused:
-        ExistingProvider(settings).check_requirements()
+        builtin_provider("existing", settings).check_requirements()
     message = str(refused.value)
     assert message.startswith(f"user system:serviceaccount:default:{name} lacks ")
     assert "  - create customresourcedefinitions.apiextensions.k8s.io (install CRDs)" in message

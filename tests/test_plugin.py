@@ -182,7 +182,7 @@ def test_an_upgrade_phase_the_run_did_not_reach_skips_as_blocked():
     from custom_ca_conformance.model.vocabulary import is_blocked
 
     with pytest.raises(pytest.skip.Exception) as skipped:
-        _record(SimpleNamespace(state={"upgrade": {"before": {}}}), "rollout")
+        _record(SimpleNamespace(record=SimpleNamespace(upgrade={"before": {}})), "rollout")
     assert is_blocked(str(skipped.value)), skipped.value
     assert "rollout phase" in str(skipped.value)
 
@@ -274,14 +274,36 @@ def test_bad_signer_profile_is_one_usage_error_line(run, tmp_path):
 
 def test_unknown_cluster_is_a_usage_error(run):
     result = run("--collect-only", "-q", "--custom-ca-cluster", "nope", "conformance")
-    # argparse's own message: a usage line, then the reason on the next line.
-    assert_usage_error(result, r"ERROR: usage: .*")
-    assert "argument --custom-ca-cluster: invalid choice: 'nope'" in output(result)
+    assert_usage_error(result, r"ERROR: --custom-ca-cluster nope: no such cluster; the built-in ones are existing, "
+                               r"kind, local, and a conftest or plugin may add one \(hook pytest_custom_ca_cluster\)")
 
 
 def test_unknown_cluster_in_ini_is_one_usage_error_line(run):
     assert_usage_error(run("--collect-only", "-q", "-o", "custom_ca_cluster=nope", "conformance"),
-                       r"ERROR: custom_ca_cluster: 'nope' is not one of \['existing', 'kind', 'local'\]")
+                       r"ERROR: ini custom_ca_cluster = nope: no such cluster; the built-in ones are .*")
+
+
+def test_a_conftest_supplies_a_cluster_through_the_hook(run, pytester):
+    """The first adapter a hook returns is the run's; it is asked for by name, with the run's settings."""
+    pytester.makeconftest("""
+        from custom_ca_conformance.cluster.contract import ClusterAdapter
+
+        class Lab(ClusterAdapter):
+            name = "lab"
+
+            def check_requirements(self, installs):
+                from custom_ca_conformance.model.errors import ProviderUnavailable
+                raise ProviderUnavailable(f"the lab cluster is closed for {len(self.settings.topology.tenants)} tenants")
+
+            sources = obtain = release = None
+
+        def pytest_custom_ca_cluster(name, settings):
+            return Lab(settings) if name == "lab" else None
+        """)
+    result = run("-q", "--custom-ca-cluster", "lab", "--pyargs", "custom_ca_conformance.conformance.test_rbac",
+                 in_repo=False)
+    assert "the lab cluster is closed for 2 tenants" in output(result), output(result)
+    assert_clean(result)
 
 
 @pytest.mark.parametrize("content, problem", [

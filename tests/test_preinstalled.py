@@ -14,8 +14,10 @@ import yaml
 
 from custom_ca_conformance import kube
 from custom_ca_conformance.cluster.contract import ProviderSettings
-from custom_ca_conformance.cluster.existing import ExistingProvider
-from custom_ca_conformance.cluster.local import LocalProvider
+from custom_ca_conformance.cluster import builtin_provider
+from custom_ca_conformance.cluster.existing import ExistingCluster
+from custom_ca_conformance.cluster.provider import Provider
+from custom_ca_conformance.model.run_record import RunRecord
 from custom_ca_conformance.evidence import diagnoses
 from custom_ca_conformance.kube import cert_manager
 from custom_ca_conformance.install.sequence import access_logging_gap
@@ -98,31 +100,26 @@ def test_the_access_log_gap_is_a_blocking_diagnosis():
 
 @pytest.fixture(scope="module")
 def local_mesh(local_provider_available, tmp_path_factory):
-    """The default topology installed on a fresh local node: (the local provider, its state)."""
-    provider = LocalProvider(ProviderSettings(topology=default_topology(), progress=lambda line: None,
-                                              workdir=tmp_path_factory.mktemp("local") / "work"))
+    """The default topology installed on a fresh local node: (the local provider, its run record)."""
+    provider = builtin_provider("local", ProviderSettings(topology=default_topology(), progress=lambda line: None,
+                                                          workdir=tmp_path_factory.mktemp("local") / "work"))
     provider.check_requirements()
-    state = provider.provision()
+    run = provider.provision()
     try:
-        yield provider, state
+        yield provider, run
     finally:
-        provider.teardown(state)
+        provider.teardown(run)
 
 
-def provision_preinstalled(local_mesh, workdir: Path) -> dict:
+def provision_preinstalled(local_mesh, workdir: Path) -> RunRecord:
     """``--custom-ca-cluster existing --custom-ca-preinstalled`` on the local node (its images as the platform).
 
     No teardown: what a preinstalled run leaves is the user's (the local node's own teardown removes it all).
     """
-    local, state = local_mesh
-
-    class LocalNodeAsExisting(ExistingProvider):
-        def platform(self, *args):
-            return local.platform()
-
-    provider = LocalNodeAsExisting(ProviderSettings(
-        topology=default_topology(), workdir=workdir, kubeconfig=state["kubeconfig"], preinstalled=True,
-        istioctl=state["istioctl"], progress=lambda line: None))
+    local, run = local_mesh
+    settings = ProviderSettings(topology=default_topology(), workdir=workdir, kubeconfig=run.kubeconfig,
+                                preinstalled=True, progress=lambda line: None)
+    provider = Provider(ExistingCluster(settings, sources=local.adapter.sources), settings)
     provider.check_requirements()
     return provider.provision()
 
@@ -131,8 +128,8 @@ def test_node_preinstalled_reads_each_root_from_the_secret_its_cluster_issuer_na
     """bar's ClusterIssuer is moved to a copy of its CA Secret under a name the suite never creates."""
     from kubernetes import client, config
 
-    _, state = local_mesh
-    with config.new_client_from_config(config_file=state["kubeconfig"]) as api:
+    _, run = local_mesh
+    with config.new_client_from_config(config_file=run.kubeconfig) as api:
         core = client.CoreV1Api(api)
         original = core.read_namespaced_secret(ca_secret_name("bar"), CERT_MANAGER_NAMESPACE)
         core.create_namespaced_secret(CERT_MANAGER_NAMESPACE, client.V1Secret(
@@ -143,16 +140,16 @@ def test_node_preinstalled_reads_each_root_from_the_secret_its_cluster_issuer_na
         finally:
             _patch_ca_secret(api, "bar", ca_secret_name("bar"))
             core.delete_namespaced_secret("team-bar-ca", CERT_MANAGER_NAMESPACE)
-    assert preinstalled["signer_roots"]["bar"] == {"namespace": CERT_MANAGER_NAMESPACE, "name": "team-bar-ca",
-                                                   "key": "ca.crt"}, preinstalled["signer_roots"]
-    assert preinstalled["cert_manager"]["namespace"] == CERT_MANAGER_NAMESPACE, preinstalled["cert_manager"]
+    assert preinstalled.signer_roots["bar"] == {"namespace": CERT_MANAGER_NAMESPACE, "name": "team-bar-ca",
+                                                   "key": "ca.crt"}, preinstalled.signer_roots
+    assert preinstalled.cert_manager.namespace == CERT_MANAGER_NAMESPACE, preinstalled.cert_manager
 
 
 def test_node_preinstalled_without_access_logs_fails_setup_naming_the_gap(local_mesh, tmp_path):
     from kubernetes import client, config
 
-    _, state = local_mesh
-    with config.new_client_from_config(config_file=state["kubeconfig"]) as api:
+    _, run = local_mesh
+    with config.new_client_from_config(config_file=run.kubeconfig) as api:
         core = client.CoreV1Api(api)
         original = core.read_namespaced_config_map("istio", ISTIO_NAMESPACE).data["mesh"]
         mesh = yaml.safe_load(original)
@@ -171,8 +168,8 @@ def test_node_preinstalled_without_access_logs_fails_setup_naming_the_gap(local_
 def test_node_preinstalled_without_a_running_cert_manager_controller_fails_at_once_in_one_line(local_mesh, tmp_path):
     from kubernetes import client, config
 
-    _, state = local_mesh
-    with config.new_client_from_config(config_file=state["kubeconfig"]) as api:
+    _, run = local_mesh
+    with config.new_client_from_config(config_file=run.kubeconfig) as api:
         apps = client.AppsV1Api(api)
         apps.patch_namespaced_deployment_scale("cert-manager", CERT_MANAGER_NAMESPACE, {"spec": {"replicas": 0}})
         try:

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from custom_ca_conformance.cluster.contract import ProviderSettings
-from custom_ca_conformance.cluster.local import LocalProvider
+from custom_ca_conformance.cluster.local import LocalCluster
+from custom_ca_conformance.model.run_record import RunRecord
 from custom_ca_conformance.model.topology import default_topology
 from custom_ca_conformance.plugin.session import STATE_ENV
 
@@ -37,12 +38,10 @@ def readme_command(command: str) -> list[str]:
 
 def test_a_signer_only_run_records_its_figures_without_a_csr_watch(tmp_path):
     """-m signer starts no workloads and so no CSR watch: its figures are the provisioning time alone."""
-    import time
-
-    provider = LocalProvider(ProviderSettings(topology=default_topology(), workdir=tmp_path, signer_only=True))
-    provider.state = {"timings": {}, "csr_log": str(tmp_path / "csr-events.jsonl")}
-    provider._record_figures(time.time())
-    assert set(provider.state["timings"]) == {"provision_seconds"}, provider.state
+    local = LocalCluster(ProviderSettings(topology=default_topology(), workdir=tmp_path, signer_only=True))
+    run = RunRecord(kubeconfig="kc", context=None, workdir=str(tmp_path), run_id="r")
+    local.provisioned(run, attach=lambda run: pytest.fail("-m signer has no CSR watch to read"))
+    assert set(run.timings) == {"provision_seconds"}, run
 
 
 def test_the_vendor_example_with_the_reference_signer_passes_on_the_local_node(local_provider_available, tmp_path):

@@ -295,7 +295,7 @@ def test_custom_signer_domain_and_trust_domain_reach_istiod_and_the_mesh():
 
 
 def test_write_manifests_round_trips_through_yaml(tmp_path, topology, roots):
-    paths = templates.write_manifests(topology, roots, tmp_path / "manifests")
+    paths = templates.write_manifests(templates.all_documents(topology, roots), tmp_path / "manifests")
     documents = templates.all_documents(topology, roots)
     assert [p.name for p in paths] == list(documents)
     for path in paths:

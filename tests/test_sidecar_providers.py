@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from custom_ca_conformance.cluster import existing
+from custom_ca_conformance.cluster import builtin_provider, existing, provider as provider_module
 from custom_ca_conformance.cluster.contract import ProviderSettings
-from custom_ca_conformance.cluster.kind import KindProvider
 from custom_ca_conformance.model.evidence import CsrRecord
+from custom_ca_conformance.model.run_record import RunRecord
 from custom_ca_conformance.install import sequence
 from custom_ca_conformance.tools import commands
 from custom_ca_conformance.model.errors import ProviderUnavailable, ProvisioningError
@@ -186,7 +186,7 @@ def _settings(tmp_path, **overrides) -> ProviderSettings:
 def test_kind_without_kind_on_path_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", "")
     with pytest.raises(ProviderUnavailable) as raised:
-        KindProvider(_settings(tmp_path)).check_requirements()
+        builtin_provider("kind", _settings(tmp_path)).check_requirements()
     assert str(raised.value).startswith("kind is required for --custom-ca-cluster kind but was not found on PATH")
 
 
@@ -195,14 +195,14 @@ def test_kind_without_docker_says_docker(tmp_path, monkeypatch):
     (tmp_path / "kind").chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(ProviderUnavailable, match="^docker is required for --custom-ca-cluster kind"):
-        KindProvider(_settings(tmp_path)).check_requirements()
+        builtin_provider("kind", _settings(tmp_path)).check_requirements()
 
 
 def test_providers_refuse_signers_that_are_not_cert_manager_cluster_issuers(tmp_path):
     topology = from_document({"signerDomain": "example.com", "signers": ["x"],
                               "tenants": [{"namespace": "t", "signer": "x"}]}, source="topology file t.yaml")
     settings = ProviderSettings(topology=topology, workdir=tmp_path)
-    for provider in (KindProvider(settings), existing.ExistingProvider(settings)):
+    for provider in (builtin_provider("kind", settings), builtin_provider("existing", settings)):
         with pytest.raises(ProviderUnavailable, match="t.yaml: signerDomain example.com is not supported"):
             provider.check_requirements()
 
@@ -210,7 +210,7 @@ def test_providers_refuse_signers_that_are_not_cert_manager_cluster_issuers(tmp_
 def test_existing_without_a_kubeconfig_says_how_to_pass_one(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBECONFIG", raising=False)
     with pytest.raises(ProviderUnavailable, match="--custom-ca-kubeconfig .*missing is not a readable file"):
-        existing.ExistingProvider(_settings(tmp_path, kubeconfig=str(tmp_path / "missing"))).check_requirements()
+        builtin_provider("existing", _settings(tmp_path, kubeconfig=str(tmp_path / "missing"))).check_requirements()
 
 
 def _kubeconfig(path: Path, server: str = "https://127.0.0.1:1") -> Path:
@@ -266,24 +266,23 @@ def no_real_clients(monkeypatch):
 def _new_kind_provider(tmp_path, monkeypatch, clusters: str = "", **overrides):
     recorder = _Recorder(clusters)
     monkeypatch.setattr(commands, "run", recorder.run)
-    provider = KindProvider(_settings(tmp_path, **overrides))
-    provider._kind = "kind"
-    provider._tools = sequence.Tools(istioctl="istioctl", helm="helm")
-    monkeypatch.setattr(provider, "_installer", lambda api_client: SimpleNamespace(install=lambda: None))
+    provider = builtin_provider("kind", _settings(tmp_path, **overrides))
+    provider.adapter._kind = "kind"
+    provider.adapter.sources._tools = sequence.Tools(istioctl="istioctl", helm="helm")
+    monkeypatch.setattr(provider, "installer", lambda api_client, run: SimpleNamespace(install=lambda: None))
     return provider, recorder
 
 
 def test_kind_creates_a_cluster_with_the_pinned_image_and_deletes_it_afterwards(tmp_path, monkeypatch):
     provider, recorder = _new_kind_provider(tmp_path, monkeypatch)
-    state = provider.provision()
+    run = provider.provision()
     create = next(c for c in recorder.commands if c[1:3] == ["create", "cluster"])
     assert create[create.index("--image") + 1].startswith("kindest/node:v1.36.1@sha256:")
-    assert state["created_cluster"] and state["context"] == "kind-custom-ca-conformance"
-    assert state["kubeconfig"] == str(tmp_path / "work" / "kubeconfig")
-    assert "signer_roots" not in state, "roots are read from the ClusterIssuers once they are Ready, not named ahead"
-    assert state["istiod_cluster_role"] == "istiod-clusterrole-istio-system"
-    assert state["csr_log"] == str(tmp_path / "work" / "csr-events.jsonl")
-    provider.teardown(state)
+    assert run.created_cluster and run.context == "kind-custom-ca-conformance"
+    assert run.kubeconfig == str(tmp_path / "work" / "kubeconfig")
+    assert not run.signer_roots, "roots are read from the ClusterIssuers once they are Ready, not named ahead"
+    assert run.csr_log == tmp_path / "work" / "csr-events.jsonl"
+    provider.teardown(run)
     assert recorder.commands[-1][:5] == ["kind", "delete", "cluster", "--name", "custom-ca-conformance"]
 
 
@@ -297,15 +296,15 @@ def test_kind_refuses_an_existing_cluster_without_keep_cluster(tmp_path, monkeyp
     provider, recorder = _new_kind_provider(tmp_path, monkeypatch, clusters="custom-ca-conformance\n")
     with pytest.raises(ProvisioningError, match="already exists and was not created by this run"):
         provider.provision()
-    provider.teardown(provider.state)
+    provider.teardown(provider.record)
     assert not any(c[1] in ("create", "delete") for c in recorder.commands)
 
 
 def test_kind_reuses_an_existing_cluster_with_keep_cluster_and_never_deletes_it(tmp_path, monkeypatch):
     provider, recorder = _new_kind_provider(tmp_path, monkeypatch, clusters="other\ncustom-ca-conformance\n", keep=True)
-    state = provider.provision()
-    assert ["kind", "export", "kubeconfig"] == recorder.commands[-1][:3] and not state["created_cluster"]
-    provider.teardown(state)
+    run = provider.provision()
+    assert ["kind", "export", "kubeconfig"] == recorder.commands[-1][:3] and not run.created_cluster
+    provider.teardown(run)
     assert not any(c[1] in ("create", "delete") for c in recorder.commands)
 
 
@@ -313,5 +312,8 @@ def test_kind_reuses_an_existing_cluster_with_keep_cluster_and_never_deletes_it(
 
 
 def test_existing_teardown_keeps_everything_with_keep_cluster(tmp_path, monkeypatch):
-    monkeypatch.setattr(existing, "uninstall", lambda *a: pytest.fail("nothing may be removed with --custom-ca-keep-cluster"))
-    existing.ExistingProvider(_settings(tmp_path, keep=True)).teardown({"kubeconfig": "kc", "created": {"istio": True}})
+    monkeypatch.setattr(provider_module, "uninstall",
+                        lambda *a: pytest.fail("nothing may be removed with --custom-ca-keep-cluster"))
+    run = RunRecord(kubeconfig="kc", context=None, workdir=str(tmp_path), run_id="r",
+                    ledger=[{"tool": "istioctl", "istioctl": "istioctl", "operator_file": "iop.yaml"}])
+    builtin_provider("existing", _settings(tmp_path, keep=True)).teardown(run)

@@ -4,8 +4,7 @@ import pytest
 from kubernetes import client
 
 from custom_ca_conformance.cluster.contract import ProviderSettings
-from custom_ca_conformance.cluster.existing import ExistingProvider
-from custom_ca_conformance.cluster.local import LocalProvider
+from custom_ca_conformance.cluster import builtin_provider
 from custom_ca_conformance.install import vendor_signer
 from custom_ca_conformance.model.errors import ProviderUnavailable, ProvisioningError
 from custom_ca_conformance.model.topology import default_topology
@@ -35,7 +34,7 @@ def test_the_local_provider_refuses_a_signer_it_cannot_run(tmp_path):
     settings = ProviderSettings(topology=default_topology(), workdir=tmp_path, signer_only=True,
                                 signer_install={"manifests": ["signer.yaml"]}, signer_profile_dir=tmp_path)
     with pytest.raises(ProviderUnavailable, match="cannot pull a vendor signer's chart or images"):
-        LocalProvider(settings).check_requirements()
+        builtin_provider("local", settings).check_requirements()
 
 
 MANIFEST = """
@@ -57,17 +56,17 @@ def test_existing_provider_installs_the_profile_manifests_for_signer_runs_and_re
                                 kubeconfig=str(control_plane.kubeconfig),
                                 signer_install={"manifests": ["signer.yaml"]},
                                 signer_profile_dir=tmp_path / "profile")
-    provider = ExistingProvider(settings)
+    provider = builtin_provider("existing", settings)
     provider.check_requirements()  # needs neither helm nor istioctl for a manifests-only signer run
-    state = provider.provision()
+    run = provider.provision()
     with control_plane.api_client() as api:
         core = client.CoreV1Api(api)
         assert core.read_namespaced_config_map("acme-signer-config", "acme-ca").data == {
             "signerName": "ca.acme.example/istio-workloads"}
-        provider.teardown(state)
+        provider.teardown(run)
         with pytest.raises(client.ApiException) as gone:
             core.read_namespaced_config_map("acme-signer-config", "acme-ca")
         assert gone.value.status == 404
-    assert "istioctl" not in state  # cert-manager and Istio were not installed
-    assert [(e["kind"], e["name"]) for e in state["ledger"]] == [("Namespace", "acme-ca"),
+    assert run.istioctl is None  # cert-manager and Istio were not installed
+    assert [(e["kind"], e["name"]) for e in run.ledger] == [("Namespace", "acme-ca"),
                                                                  ("ConfigMap", "acme-signer-config")]
