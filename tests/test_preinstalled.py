@@ -20,7 +20,7 @@ from custom_ca_conformance.cluster.provider import Provider
 from custom_ca_conformance.model.run_record import RunRecord
 from custom_ca_conformance.evidence import diagnoses
 from custom_ca_conformance.kube import cert_manager
-from custom_ca_conformance.install.sequence import access_logging_gap
+from custom_ca_conformance.install.checks import access_logging_gap
 from custom_ca_conformance.model.errors import ProvisioningError
 from custom_ca_conformance.model.topology import CERT_MANAGER_NAMESPACE, ISTIO_NAMESPACE, ca_secret_name, default_topology
 

@@ -16,7 +16,7 @@ from custom_ca_conformance.cluster import builtin_provider, existing, provider a
 from custom_ca_conformance.cluster.contract import ProviderSettings
 from custom_ca_conformance.model.evidence import CsrRecord
 from custom_ca_conformance.model.run_record import RunRecord
-from custom_ca_conformance.install import sequence
+from custom_ca_conformance.install import checks, sequence
 from custom_ca_conformance.tools import commands
 from custom_ca_conformance.model.errors import ProviderUnavailable, ProvisioningError
 from custom_ca_conformance.model.pki import cert_to_pem, make_intermediate_ca, make_self_signed_ca
@@ -140,12 +140,12 @@ def test_a_sidecar_without_rootca_is_reported():
     (["--config=/var/cert-manager/config/config.yaml"], None),
 ])
 def test_feature_gate_detection(args, expected):
-    assert sequence.feature_gate_enabled(args, "ExperimentalCertificateSigningRequestControllers") is expected
+    assert checks.feature_gate_enabled(args, "ExperimentalCertificateSigningRequestControllers") is expected
 
 
 def test_run_id_annotates_only_deployment_pod_templates_without_touching_the_input():
     objects = templates.workload_objects(default_topology())
-    stamped = sequence.with_run_id(objects, "r1")
+    stamped = checks.with_run_id(objects, "r1")
     for before, after in zip(objects, stamped):
         if after["kind"] == "Deployment":
             assert after["spec"]["template"]["metadata"]["annotations"] == {"custom-ca-conformance/run-id": "r1"}
@@ -160,15 +160,15 @@ def _record(spiffe_id: str, issued: bool) -> CsrRecord:
 
 def test_tenants_missing_issued_csrs():
     topology = default_topology()
-    assert sequence.tenants_missing_issued_csrs(topology, []) == ["foo", "bar"]
+    assert checks.tenants_missing_issued_csrs(topology, []) == ["foo", "bar"]
     records = [_record(FOO_CURL, True), _record("spiffe://cluster.local/ns/bar/sa/curl", False)]
-    assert sequence.tenants_missing_issued_csrs(topology, records) == ["bar"]
+    assert checks.tenants_missing_issued_csrs(topology, records) == ["bar"]
 
 
 @pytest.mark.parametrize("vanilla_envoy", [False, True])
 def test_rejected_pushes_hint_at_the_vanilla_envoy_settings_only_on_a_vanilla_envoy(vanilla_envoy):
     rejected = ["ADS:LDS: ACK ERROR curl-1.foo-3 Internal:Error adding/updating listener(s) virtualInbound"]
-    error = sequence.xds_rejected_error("istiod-1", rejected, templates.Platform(vanilla_envoy=vanilla_envoy))
+    error = checks.xds_rejected_error("istiod-1", rejected, templates.Platform(vanilla_envoy=vanilla_envoy))
     text = str(error)
     assert rejected[0] in text and "istio-system/istiod-1 container discovery" in text
     hinted = all(f"{name}={value}" in text for name, value in templates.VANILLA_ENVOY_ISTIOD_ENV.items())
