@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from custom_ca_conformance.localplane import toolchain as toolchain_module
 from custom_ca_conformance.localplane.processes import stop_from_pid_file
+from custom_ca_conformance.model.run_record import RunRecord
 from custom_ca_conformance.model.topology import default_topology, generated_topology
 
 SCALE_TENANTS = 10
@@ -202,14 +203,15 @@ def run_conformance(label: str, extra: list[str], pairs: int) -> PytestRun:
         run.summary = _summary_line(output.read_text(errors="replace"))
         run.counts = _counts(run.summary)
         state_file = workdir / "state.json"
-        state = json.loads(state_file.read_text()).get("state", {}) if state_file.exists() else {}
+        document = json.loads(state_file.read_text()).get("state") if state_file.exists() else None
+        record = RunRecord.from_dict(document) if document else None
         check_nothing_left(workdir, f"pytest ({label})")
-        if state.get("node_workdir"):  # the local node lives in a short temp dir of its own
-            check_nothing_left(Path(state["node_workdir"]), f"pytest ({label}), its node")
+        if record and record.node_workdir:  # the local node lives in a short temp dir of its own
+            check_nothing_left(Path(record.node_workdir), f"pytest ({label}), its node")
         if code != 0 or run.counts.get("failed") or run.counts.get("error") or run.counts.get("errors"):
             raise BenchmarkError(f"pytest ({label}) exited {code}: {run.summary or 'no summary line'}\n"
                                  f"--- last lines of its output ---\n{tail(output, 60)}")
-        run.timings, run.rss = state.get("timings", {}), state.get("sidecar_rss_bytes", {})
+        run.timings, run.rss = (record.timings, record.sidecar_rss_bytes) if record else ({}, {})
         log(f"{label}: {run.summary} (wall {run.seconds:.1f}s)")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -250,7 +252,7 @@ def provisioning_figures(run: PytestRun, other: PytestRun, scale: PytestRun | No
     timings, again = run.timings, other.timings
     if not timings:
         raise BenchmarkError(f"pytest ({run.label}) left no timings in state.json: "
-                             "fixtures/cluster/local.py records them in state['timings']")
+                             "fixtures/cluster/local.py records them in the run record's timings")
     figures = [
         Figure("node ready (control plane, kubelet, DNS)", timings.get("dns_ready_seconds"),
                f"control plane at {timings.get('control_plane_seconds')} s, Node Ready at "
