@@ -8,7 +8,7 @@ import pytest
 
 from custom_ca_conformance import kube
 from custom_ca_conformance.model.messages import mismatch
-from custom_ca_conformance.model.topology import ISTIOD_SELECTOR
+from custom_ca_conformance.model.topology import ISTIOD_SELECTOR, SIDECAR_CONTAINER
 from custom_ca_conformance.model.vocabulary import Stage, blocked_phase
 from custom_ca_conformance.render import templates
 from custom_ca_conformance.reports import rollout_summary
@@ -69,7 +69,7 @@ def test_istiod_and_every_sidecar_run_the_new_istio(mesh, topology):
                 continue  # an old pod on its way out
             containers = pod["spec"].get("initContainers", []) + pod["spec"]["containers"]  # a native sidecar is an init container
             images[f"Pod {workload.namespace}/{pod['metadata']['name']}"] = [
-                c["image"] for c in containers if c["name"] == kube.SIDECAR_CONTAINER]
+                c["image"] for c in containers if c["name"] == SIDECAR_CONTAINER]
     stale = {where: found for where, found in images.items() if not found or any(
         not image.endswith(f":{tag}") for image in found)}
     assert images and not stale, mismatch(

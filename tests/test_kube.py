@@ -14,9 +14,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from custom_ca_conformance import kube
-from custom_ca_conformance.model.evidence import CsrRecord
 from custom_ca_conformance.model.errors import ProvisioningError
+from custom_ca_conformance.model.evidence import CsrRecord
 from custom_ca_conformance.model.pki import istio_style_csr, new_private_key
+from custom_ca_conformance.model.pods import (
+    container_env,
+    injected_signer,
+    sidecar_container,
+)
 
 FOO_CURL = "spiffe://cluster.local/ns/foo/sa/curl"
 
@@ -120,10 +125,16 @@ def test_sidecar_counts_as_a_regular_or_native_sidecar_container():
                        "initContainers": [{"name": "istio-init"}, {"name": "istio-proxy", "restartPolicy": "Always"}]}}
     plain_init = {"spec": {"containers": [{"name": "curl"}], "initContainers": [{"name": "istio-proxy"}]}}
     none = {"spec": {"containers": [{"name": "curl"}]}}
-    assert kube.pod_has_container(regular, "istio-proxy")
-    assert kube.pod_has_container(native, "istio-proxy")
-    assert not kube.pod_has_container(plain_init, "istio-proxy")
-    assert not kube.pod_has_container(none, "istio-proxy")
+    assert sidecar_container(regular) == {"name": "istio-proxy"}
+    assert sidecar_container(native) == {"name": "istio-proxy", "restartPolicy": "Always"}
+    assert sidecar_container(plain_init) is None and sidecar_container(none) is None
+    assert injected_signer(plain_init) is None, "an init container that exited is no sidecar"
+
+
+def test_container_env_merges_as_the_kubelet_does():
+    containers = [{"name": "discovery", "env": [{"name": "A", "value": "1"}, {"name": "B", "valueFrom": {}}]},
+                  {"name": "other", "env": [{"name": "A", "value": "2"}]}]
+    assert container_env(containers) == {"A": "2", "B": ""}
 
 
 @pytest.mark.parametrize(("status", "ready"), [
