@@ -283,6 +283,16 @@ def test_unknown_cluster_in_ini_is_one_usage_error_line(run):
                        r"ERROR: ini custom_ca_cluster = nope: no such cluster; the built-in ones are .*")
 
 
+@pytest.mark.parametrize(("cluster", "options", "unused"), [
+    ("kind", ["--custom-ca-kubeconfig", "/k"], "--custom-ca-kubeconfig is"),
+    ("local", ["--custom-ca-preinstalled", "--custom-ca-context", "c"], "--custom-ca-context and --custom-ca-preinstalled are"),
+    ("existing", ["--custom-ca-cluster-name", "lab"], "--custom-ca-cluster-name is"),
+])
+def test_a_cluster_option_the_chosen_cluster_ignores_is_refused(run, cluster, options, unused):
+    assert_usage_error(run("-q", "conformance", "--custom-ca-cluster", cluster, *options),
+                       rf"ERROR: {unused} not used by --custom-ca-cluster {cluster}: drop (it|them)")
+
+
 def test_a_conftest_supplies_a_cluster_through_the_hook(run, pytester):
     """The first adapter a hook returns is the run's; it is asked for by name, with the run's settings."""
     pytester.makeconftest("""
