@@ -9,10 +9,12 @@ their nodes themselves, or get it from the real ``probe`` fixture over a fake me
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import sys
 import textwrap
 import xml.etree.ElementTree as ET
+from importlib import resources
 from pathlib import Path
 
 import jsonschema
@@ -20,9 +22,10 @@ import pytest
 
 from custom_ca_conformance.model.evidence import Diagnosis
 from custom_ca_conformance.model.setup_failure import SetupFailure
+from custom_ca_conformance.model.vocabulary import TIER_MARKERS
 from custom_ca_conformance.plugin.session import STATE_ENV
 from custom_ca_conformance.reports import formats, markdown, records, report_json, svg, tables, terminal
-from custom_ca_conformance.reports.records import PairSpec, Phase, RecordCollector, RunFacts, RunReport
+from custom_ca_conformance.reports.records import TIER_PROPERTY, PairSpec, Phase, RecordCollector, RunFacts, RunReport
 from custom_ca_conformance.reports.tables import AS_EXPECTED, NOT_RUN, UNEXPECTED
 
 pytest_plugins = ("pytester",)
@@ -49,6 +52,10 @@ DIAGNOSIS = {"kind": "signer-not-signing", "subject": "clusterissuers.cert-manag
 FOUND = Diagnosis.from_dict(DIAGNOSIS)
 
 
+def tier(marker: str) -> tuple[str, str]:
+    return (TIER_PROPERTY, marker)
+
+
 def pair_specs(*tenants: str) -> tuple[PairSpec, ...]:
     return tuple(PairSpec(f"{c}-to-{s}", c, s, records.expected_outcome(c == s)) for c in tenants for s in tenants)
 
@@ -63,13 +70,13 @@ def sample_report() -> RunReport:
          [probe_property("bar", "foo", "ok"), (records.DIAGNOSES_PROPERTY, [DIAGNOSIS])]),
     ]
     for nodeid, outcome, properties in tests:
-        collector.add(nodeid, Phase("setup", "passed", 0.25))
+        collector.add(nodeid, Phase("setup", "passed", 0.25), [tier("connectivity")])
         collector.add(nodeid, Phase("call", outcome, 1.0, message="AssertionError: \n  expected: x" if
-                                    outcome == "failed" else ""), properties)
-        collector.add(nodeid, Phase("teardown", "passed", 0.25), properties)
+                                    outcome == "failed" else ""), [tier("connectivity"), *properties])
+        collector.add(nodeid, Phase("teardown", "passed", 0.25), [tier("connectivity"), *properties])
     collector.add("conformance/test_rbac.py::test_istiod_may_approve[bar]",
-                  Phase("setup", "skipped", message="blocked: the bar signer is not installed"))
-    collector.add("conformance/test_csr.py::test_csr_is_approved", Phase("call", "passed", 0.5))
+                  Phase("setup", "skipped", message="blocked: the bar signer is not installed"), [tier("rbac")])
+    collector.add("conformance/test_csr.py::test_csr_is_approved", Phase("call", "passed", 0.5), [tier("csr")])
     facts = RunFacts.from_dict({
         "provider": "kind", "versions": {"istio": "1.24.1", "cert-manager": "v1.16.2"},
         "phases": [{"name": "cluster", "seconds": 30.0}, {"name": "istio", "seconds": 12.5}],
@@ -81,18 +88,33 @@ def sample_report() -> RunReport:
 # --- tiers and outcomes --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("nodeid", "tier"), [
-    ("conformance/test_connectivity.py::test_mtls[foo->bar]", "connectivity"),
-    ("conformance/test_signer_contract.py::test_x[cert-manager]", "signer_contract"),
-    ("../site-packages/custom_ca_conformance/conformance/test_csr.py::test_y", "csr"),
-    ("test_rbac.py::test_z", "rbac"),
-    ("custom-ca::setup", "setup"),
-    ("::custom-ca::setup", "setup"),
-    ("tests/test_plugin.py::test_markers_are_registered", "other"),
-    ("conformance/rbac.py::test_z", "other"),
+@pytest.mark.parametrize(("nodeid", "properties", "expected"), [
+    ("conformance/test_connectivity.py::test_mtls[foo->bar]", [tier("connectivity")], "connectivity"),
+    ("conformance/test_signer_contract.py::test_x[cert-manager]", [tier("signer")], "signer_contract"),
+    ("test_anything.py::test_y", [("other", 1), tier("csr")], "csr"),
+    ("custom-ca::setup", [], "setup"),
+    ("::custom-ca::setup", [], "setup"),
+    ("conformance/test_csr.py::test_y", [], "untiered"),  # the file's name is not a tier
+    ("tests/test_plugin.py::test_markers_are_registered", [], "untiered"),
 ])
-def test_tier_is_the_conformance_module_name(nodeid, tier):
-    assert records.tier_of(nodeid) == tier
+def test_tier_is_the_tests_tier_marker(nodeid, properties, expected):
+    assert records.tier_of(nodeid, properties) == expected
+
+
+def test_every_tier_marker_names_a_tier_of_the_reports():
+    assert sorted(records.tier_of("t", [tier(marker)]) for marker in TIER_MARKERS) == sorted(records.TIERS)
+
+
+def test_every_conformance_module_carries_the_marker_of_its_tier():
+    """The tier a module's tests are counted in is the one its name says (a missing pytestmark shows here)."""
+    package = resources.files("custom_ca_conformance.conformance")
+    modules = sorted(path.name.removesuffix(".py") for path in package.iterdir() if path.name.startswith("test_"))
+    assert modules
+    for name in modules:
+        marks = importlib.import_module(f"custom_ca_conformance.conformance.{name}").pytestmark
+        tiers = [mark.name for mark in (marks if isinstance(marks, list) else [marks]) if mark.name in TIER_MARKERS]
+        assert len(tiers) == 1, f"{name}: tier markers {tiers}"
+        assert records.tier_of(name, [tier(tiers[0])]) == name.removeprefix("test_")
 
 
 @pytest.mark.parametrize(("phases", "outcome"), [
@@ -115,8 +137,8 @@ def test_collector_makes_one_record_per_test_with_all_its_properties():
     collector = RecordCollector()
     nodeid = "conformance/test_connectivity.py::test_mtls[foo-to-foo]"
     collector.add(nodeid, Phase("setup", "passed", 0.5), [])
-    collector.add(nodeid, Phase("call", "passed", 1.0), [probe_property("foo", "foo")])
-    collector.add(nodeid, Phase("teardown", "passed", 0.5), [probe_property("foo", "foo")])
+    collector.add(nodeid, Phase("call", "passed", 1.0), [tier("connectivity"), probe_property("foo", "foo")])
+    collector.add(nodeid, Phase("teardown", "passed", 0.5), [tier("connectivity"), probe_property("foo", "foo")])
     collector.add("custom-ca::setup", Phase("call", "failed", message="istio: install failed\nmore"),
                   [(records.DIAGNOSES_PROPERTY, [DIAGNOSIS]), ("other", 1)])
     mtls, setup = collector.records()  # sorted by nodeid
@@ -205,6 +227,17 @@ def test_terminal_lines_colour_mismatches_red_and_matches_green():
     assert segments["verify-fail"] == {"green": True}
     plain = terminal.terminal_lines(sample_report(), colour=False)
     assert all(markup == {} for line in plain for _, markup in line)
+
+
+def test_tests_without_a_tier_marker_are_counted_and_named_untiered():
+    report = dataclasses.replace(sample_report(), records=(
+        *sample_report().records, records.record_from_phases("test_mine.py::test_a", [Phase("call", "passed")])))
+    assert list(tables.totals(report.records)) == ["connectivity", "csr", "rbac", "untiered", "all"]
+    lines = terminal.plain_text(terminal.terminal_lines(report, colour=False)).splitlines()
+    assert "  untiered      1 passed  0 failed  0 skipped  0 blocked" in lines
+    assert ("untiered: 1 test(s) carry none of the tier markers "
+            "(certificates, connectivity, csr, health, posture, rbac, signer, upgrade)") in lines
+    assert "| untiered | 1 | 0 | 0 | 0 | 0 | 0 | 0 |" in markdown.render(report)
 
 
 def test_short_terminal_lines_are_the_matrix_and_the_totals():
@@ -411,6 +444,7 @@ def probe_tests(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_connectivity=textwrap.dedent("""
         import pytest
 
+        pytestmark = pytest.mark.connectivity
         SEEN = {("foo", "foo"): "ok", ("foo", "bar"): "ok", ("bar", "foo"): "tls-verify-failed"}
 
         @pytest.mark.parametrize(("client", "server"), sorted(SEEN), ids=lambda v: v)
@@ -429,6 +463,8 @@ def probe_tests(pytester: pytest.Pytester) -> None:
         """))
     pytester.makepyfile(test_rbac=textwrap.dedent("""
         import pytest
+
+        pytestmark = pytest.mark.rbac
 
         def test_approve():
             pass
@@ -612,3 +648,24 @@ def test_what_was_checked_is_said_once_for_all_unexplained_failures(run, pyteste
     ])
     assert output(result).count("  - istiod: fine") == 1, output(result)
 
+
+def test_the_tier_is_the_tests_marker_and_a_test_without_one_shows(run, pytester):
+    pytester.makepyfile(test_mixed=textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.signer
+        def test_signer():
+            pass
+
+        @pytest.mark.health
+        def test_health():
+            pass
+
+        def test_unmarked():
+            pass
+        """))
+    result = run("-n", "2", "--custom-ca-report-dir", "out")  # the markers are read where the items are
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    tiers = {t["nodeid"].rpartition("::")[2]: t["tier"] for t in read_report(pytester.path / "out")["tests"]}
+    assert tiers == {"test_signer": "signer_contract", "test_health": "health", "test_unmarked": "untiered"}
+    result.stdout.fnmatch_lines(["  untiered  *1 passed*", "untiered: 1 test(s) carry none of the tier markers (*)"])
