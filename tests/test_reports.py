@@ -296,6 +296,14 @@ def test_the_schema_states_the_outcomes_and_cell_states_the_reports_use():
     assert state["enum"] == list(tables.CELL_STATES)
 
 
+def test_report_json_may_gain_keys_but_not_leave_its_schema(tmp_path):
+    written = formats.write_reports(sample_report(), tmp_path / "ok", lambda document: document.update(ci={"job": 7}))
+    assert list(read_report(tmp_path / "ok"))[-1] == "ci" and written[0].name == "report.json"
+    with pytest.raises(report_json.ReportError, match=r"report\.json: tests: 'none' is not of type 'array'"):
+        formats.write_reports(sample_report(), tmp_path / "off", lambda document: document.update(tests="none"))
+    assert not (tmp_path / "off").exists()
+
+
 def test_a_document_off_the_schema_is_refused_naming_the_field():
     document = report_json.document(sample_report())
     document["tests"][0]["outcome"] = "sort of"
@@ -342,7 +350,7 @@ def test_svg_of_a_larger_topology_is_n_by_n():
 
 def test_write_reports_writes_every_format(tmp_path):
     written = formats.write_reports(sample_report(), tmp_path / "new" / "dir")
-    assert [p.name for p in written] == [f.file_name for f in formats.FORMATS] == [
+    assert [p.name for p in written] == [f.file_name for f in formats.formats()] == [
         "report.json", "summary.md", "matrix.svg"]
     report_json.validate(json.loads(written[0].read_text()))
     summary = tmp_path / "step-summary.md"
@@ -647,6 +655,18 @@ def test_what_was_checked_is_said_once_for_all_unexplained_failures(run, pyteste
         "  - mTLS policy: fine",
     ])
     assert output(result).count("  - istiod: fine") == 1, output(result)
+
+
+def test_a_conftest_adds_to_report_json_through_the_hook(run, probe_tests, pytester):
+    pytester.makeconftest("""
+        def pytest_custom_ca_update_json(config, document):
+            document["ci"] = {"job": "build-42", "tests": len(document["tests"])}
+        """)
+    result = run("--custom-ca-report-dir", "out")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
+    assert_clean(result)
+    document = read_report(pytester.path / "out")  # validated
+    assert document["ci"] == {"job": "build-42", "tests": 5}
 
 
 def test_the_tier_is_the_tests_marker_and_a_test_without_one_shows(run, pytester):
