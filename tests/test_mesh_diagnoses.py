@@ -269,7 +269,7 @@ def test_what_was_checked_names_what_could_not_be_read():
 
 
 def test_a_setup_failure_without_a_named_cause_says_what_was_checked():
-    from custom_ca_conformance.plugin.session import SetupFailure
+    from custom_ca_conformance.model.setup_failure import SetupFailure
 
     text = SetupFailure(stage="workloads", step="waiting for workloads", message="timed out after 60s",
                         checked=("istiod: fine", "mTLS policy: fine")).describe()

@@ -1,4 +1,4 @@
-"""Self-tests of the reports: the pure part (fixtures/reports.py) directly, the hooks through pytester.
+"""Self-tests of the reports: the pure package (fixtures/reports/) directly, the hooks through pytester.
 
 The pytester runs follow tests/test_plugin.py: a real ``python -m pytest`` subprocess in
 pytester's directory, the plugin loaded through its entry point, PATH holding only ``python``
@@ -9,18 +9,24 @@ their nodes themselves, or get it from the real ``probe`` fixture over a fake me
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import sys
 import textwrap
 import xml.etree.ElementTree as ET
+from importlib import resources
 from pathlib import Path
 
 import jsonschema
 import pytest
 
-from custom_ca_conformance import reports
+from custom_ca_conformance.model.evidence import Diagnosis
+from custom_ca_conformance.model.setup_failure import SetupFailure
+from custom_ca_conformance.model.vocabulary import TIER_MARKERS
 from custom_ca_conformance.plugin.session import STATE_ENV
-from custom_ca_conformance.reports import AS_EXPECTED, NOT_RUN, UNEXPECTED, PairSpec, Phase, RecordCollector, RunFacts, RunReport
+from custom_ca_conformance.reports import formats, markdown, records, report_json, svg, tables, terminal
+from custom_ca_conformance.reports.records import TIER_PROPERTY, PairSpec, Phase, RecordCollector, RunFacts, RunReport
+from custom_ca_conformance.reports.tables import AS_EXPECTED, NOT_RUN, UNEXPECTED
 
 pytest_plugins = ("pytester",)
 
@@ -32,20 +38,26 @@ TENANTS = ("foo", "bar")
 
 
 def probe_property(client: str, server: str, seen: str | None = None) -> tuple[str, dict]:
-    expected = reports.expected_outcome(client == server)
-    return (reports.PROBE_PROPERTY, {
+    expected = records.expected_outcome(client == server)
+    return (records.PROBE_PROPERTY, {
         "pair": f"{client}-to-{server}", "client": client, "server": server, "expected": expected,
         "seen": seen or expected, "reason": f"reason {client} {server}", "evidence": "client istio-proxy access log",
     })
 
 
+# A diagnosis as a test report's user property carries it, and as the reports hold it.
 DIAGNOSIS = {"kind": "signer-not-signing", "subject": "clusterissuers.cert-manager.io/bar",
              "cause": "the bar signer never signed istiod's CSR", "evidence": ["csr-1 Approved, no certificate"],
              "fix": "check the ClusterIssuer bar", "look_at": "kubectl get csr"}
+FOUND = Diagnosis.from_dict(DIAGNOSIS)
+
+
+def tier(marker: str) -> tuple[str, str]:
+    return (TIER_PROPERTY, marker)
 
 
 def pair_specs(*tenants: str) -> tuple[PairSpec, ...]:
-    return tuple(PairSpec(f"{c}-to-{s}", c, s, reports.expected_outcome(c == s)) for c in tenants for s in tenants)
+    return tuple(PairSpec(f"{c}-to-{s}", c, s, records.expected_outcome(c == s)) for c in tenants for s in tenants)
 
 
 def sample_report() -> RunReport:
@@ -55,16 +67,16 @@ def sample_report() -> RunReport:
         ("conformance/test_connectivity.py::test_mtls[foo-to-foo]", "passed", [probe_property("foo", "foo")]),
         ("conformance/test_connectivity.py::test_mtls[foo-to-bar]", "passed", [probe_property("foo", "bar")]),
         ("conformance/test_connectivity.py::test_mtls[bar-to-foo]", "failed",
-         [probe_property("bar", "foo", "ok"), (reports.DIAGNOSES_PROPERTY, [DIAGNOSIS])]),
+         [probe_property("bar", "foo", "ok"), (records.DIAGNOSES_PROPERTY, [DIAGNOSIS])]),
     ]
     for nodeid, outcome, properties in tests:
-        collector.add(nodeid, Phase("setup", "passed", 0.25))
+        collector.add(nodeid, Phase("setup", "passed", 0.25), [tier("connectivity")])
         collector.add(nodeid, Phase("call", outcome, 1.0, message="AssertionError: \n  expected: x" if
-                                    outcome == "failed" else ""), properties)
-        collector.add(nodeid, Phase("teardown", "passed", 0.25), properties)
+                                    outcome == "failed" else ""), [tier("connectivity"), *properties])
+        collector.add(nodeid, Phase("teardown", "passed", 0.25), [tier("connectivity"), *properties])
     collector.add("conformance/test_rbac.py::test_istiod_may_approve[bar]",
-                  Phase("setup", "skipped", message="blocked: the bar signer is not installed"))
-    collector.add("conformance/test_csr.py::test_csr_is_approved", Phase("call", "passed", 0.5))
+                  Phase("setup", "skipped", message="blocked: the bar signer is not installed"), [tier("rbac")])
+    collector.add("conformance/test_csr.py::test_csr_is_approved", Phase("call", "passed", 0.5), [tier("csr")])
     facts = RunFacts.from_dict({
         "provider": "kind", "versions": {"istio": "1.24.1", "cert-manager": "v1.16.2"},
         "phases": [{"name": "cluster", "seconds": 30.0}, {"name": "istio", "seconds": 12.5}],
@@ -76,18 +88,33 @@ def sample_report() -> RunReport:
 # --- tiers and outcomes --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("nodeid", "tier"), [
-    ("conformance/test_connectivity.py::test_mtls[foo->bar]", "connectivity"),
-    ("conformance/test_signer_contract.py::test_x[cert-manager]", "signer_contract"),
-    ("../site-packages/custom_ca_conformance/conformance/test_csr.py::test_y", "csr"),
-    ("test_rbac.py::test_z", "rbac"),
-    ("custom-ca::setup", "setup"),
-    ("::custom-ca::setup", "setup"),
-    ("tests/test_plugin.py::test_markers_are_registered", "other"),
-    ("conformance/rbac.py::test_z", "other"),
+@pytest.mark.parametrize(("nodeid", "properties", "expected"), [
+    ("conformance/test_connectivity.py::test_mtls[foo->bar]", [tier("connectivity")], "connectivity"),
+    ("conformance/test_signer_contract.py::test_x[cert-manager]", [tier("signer")], "signer_contract"),
+    ("test_anything.py::test_y", [("other", 1), tier("csr")], "csr"),
+    ("custom-ca::setup", [], "setup"),
+    ("::custom-ca::setup", [], "setup"),
+    ("conformance/test_csr.py::test_y", [], "untiered"),  # the file's name is not a tier
+    ("tests/test_plugin.py::test_markers_are_registered", [], "untiered"),
 ])
-def test_tier_is_the_conformance_module_name(nodeid, tier):
-    assert reports.tier_of(nodeid) == tier
+def test_tier_is_the_tests_tier_marker(nodeid, properties, expected):
+    assert records.tier_of(nodeid, properties) == expected
+
+
+def test_every_tier_marker_names_a_tier_of_the_reports():
+    assert sorted(records.tier_of("t", [tier(marker)]) for marker in TIER_MARKERS) == sorted(records.TIERS)
+
+
+def test_every_conformance_module_carries_the_marker_of_its_tier():
+    """The tier a module's tests are counted in is the one its name says (a missing pytestmark shows here)."""
+    package = resources.files("custom_ca_conformance.conformance")
+    modules = sorted(path.name.removesuffix(".py") for path in package.iterdir() if path.name.startswith("test_"))
+    assert modules
+    for name in modules:
+        marks = importlib.import_module(f"custom_ca_conformance.conformance.{name}").pytestmark
+        tiers = [mark.name for mark in (marks if isinstance(marks, list) else [marks]) if mark.name in TIER_MARKERS]
+        assert len(tiers) == 1, f"{name}: tier markers {tiers}"
+        assert records.tier_of(name, [tier(tiers[0])]) == name.removeprefix("test_")
 
 
 @pytest.mark.parametrize(("phases", "outcome"), [
@@ -103,19 +130,19 @@ def test_tier_is_the_conformance_module_name(nodeid, tier):
     ([Phase("call", "failed")], "failed"),  # e.g. the custom-ca::setup report
 ])
 def test_each_test_counts_once_with_the_deciding_phase(phases, outcome):
-    assert reports.outcome_of(phases) == outcome
+    assert records.outcome_of(phases) == outcome
 
 
 def test_collector_makes_one_record_per_test_with_all_its_properties():
     collector = RecordCollector()
     nodeid = "conformance/test_connectivity.py::test_mtls[foo-to-foo]"
     collector.add(nodeid, Phase("setup", "passed", 0.5), [])
-    collector.add(nodeid, Phase("call", "passed", 1.0), [probe_property("foo", "foo")])
-    collector.add(nodeid, Phase("teardown", "passed", 0.5), [probe_property("foo", "foo")])
+    collector.add(nodeid, Phase("call", "passed", 1.0), [tier("connectivity"), probe_property("foo", "foo")])
+    collector.add(nodeid, Phase("teardown", "passed", 0.5), [tier("connectivity"), probe_property("foo", "foo")])
     collector.add("custom-ca::setup", Phase("call", "failed", message="istio: install failed\nmore"),
-                  [(reports.DIAGNOSES_PROPERTY, [DIAGNOSIS]), ("other", 1)])
+                  [(records.DIAGNOSES_PROPERTY, [DIAGNOSIS]), ("other", 1)])
     mtls, setup = collector.records()  # sorted by nodeid
-    assert (setup.tier, setup.outcome, setup.diagnoses) == ("setup", "failed", (DIAGNOSIS,))
+    assert (setup.tier, setup.outcome, setup.diagnoses) == ("setup", "failed", (FOUND,))
     assert setup.message.startswith("istio: install failed")
     assert (mtls.tier, mtls.outcome, mtls.duration) == ("connectivity", "passed", 2.0)
     assert [p.pair for p in mtls.probes] == ["foo-to-foo"]
@@ -127,17 +154,17 @@ def test_properties_only_one_report_has_are_kept_and_repeated_probes_counted():
     nodeid = "conformance/test_connectivity.py::test_mtls[bar-to-foo]"
     probe = probe_property("bar", "foo", "ok")
     collector.add(nodeid, Phase("setup", "passed"), [])
-    collector.add(nodeid, Phase("call", "failed"), [probe, probe, (reports.DIAGNOSES_PROPERTY, [DIAGNOSIS])])
+    collector.add(nodeid, Phase("call", "failed"), [probe, probe, (records.DIAGNOSES_PROPERTY, [DIAGNOSIS])])
     collector.add(nodeid, Phase("teardown", "passed"), [probe, probe])
     (record,) = collector.records()
-    assert len(record.probes) == 2 and record.diagnoses == (DIAGNOSIS,)
+    assert len(record.probes) == 2 and record.diagnoses == (FOUND,)
 
 
 # --- matrix --------------------------------------------------------------------------------------
 
 
 def test_matrix_has_a_cell_per_pair_with_mismatch_and_not_run():
-    grid = reports.matrix(sample_report().records, pair_specs(*TENANTS))
+    grid = tables.matrix(sample_report().records, pair_specs(*TENANTS))
     assert (grid.clients, grid.servers) == (TENANTS, TENANTS)
     states = {key: cell.state for key, cell in grid.cells.items()}
     assert states == {("foo", "foo"): AS_EXPECTED, ("foo", "bar"): AS_EXPECTED,
@@ -149,7 +176,7 @@ def test_matrix_has_a_cell_per_pair_with_mismatch_and_not_run():
 
 
 def test_matrix_without_topology_pairs_uses_the_probed_tenants():
-    grid = reports.matrix(sample_report().records)
+    grid = tables.matrix(sample_report().records)
     assert set(grid.clients) == set(grid.servers) == set(TENANTS)
     assert grid.cell("bar", "bar").expected is None and grid.cell("bar", "bar").state == NOT_RUN
 
@@ -159,13 +186,13 @@ def test_a_pair_seen_differently_by_two_tests_is_not_as_expected():
     collector.add("test_connectivity.py::test_a", Phase("call", "passed"), [probe_property("foo", "foo")])
     collector.add("test_connectivity.py::test_b", Phase("call", "failed"),
                   [probe_property("foo", "foo", "connection-failure")])
-    cell = reports.matrix(collector.records()).cell("foo", "foo")
+    cell = tables.matrix(collector.records()).cell("foo", "foo")
     assert cell.state == UNEXPECTED and cell.seen == ("ok", "connection-failure")
     assert cell.symbol == "ok/conn-fail!" and cell.reason == "reason foo foo"
 
 
 def test_totals_per_tier_and_all():
-    counts = reports.totals(sample_report().records)
+    counts = tables.totals(sample_report().records)
     assert list(counts) == ["connectivity", "csr", "rbac", "all"]
     assert (counts["connectivity"]["passed"], counts["connectivity"]["failed"]) == (2, 1)
     assert counts["rbac"]["blocked"] == 1
@@ -177,7 +204,7 @@ def test_totals_per_tier_and_all():
 
 
 def test_terminal_lines_show_versions_phases_matrix_totals_and_diagnoses():
-    text = reports.plain_text(reports.terminal_lines(sample_report(), colour=False,
+    text = terminal.plain_text(terminal.terminal_lines(sample_report(), colour=False,
                                                      written=[Path("/r/report.json")]))
     lines = text.splitlines()
     assert "versions: istio 1.24.1, cert-manager v1.16.2" in lines
@@ -194,33 +221,47 @@ def test_terminal_lines_show_versions_phases_matrix_totals_and_diagnoses():
 
 
 def test_terminal_lines_colour_mismatches_red_and_matches_green():
-    lines = reports.terminal_lines(sample_report(), colour=True)
+    lines = terminal.terminal_lines(sample_report(), colour=True)
     segments = {text: markup for line in lines for text, markup in line if text.strip()}
     assert segments["ok!"] == {"red": True, "bold": True}
     assert segments["verify-fail"] == {"green": True}
-    plain = reports.terminal_lines(sample_report(), colour=False)
+    plain = terminal.terminal_lines(sample_report(), colour=False)
     assert all(markup == {} for line in plain for _, markup in line)
 
 
+def test_tests_without_a_tier_marker_are_counted_and_named_untiered():
+    report = dataclasses.replace(sample_report(), records=(
+        *sample_report().records, records.record_from_phases("test_mine.py::test_a", [Phase("call", "passed")])))
+    assert list(tables.totals(report.records)) == ["connectivity", "csr", "rbac", "untiered", "all"]
+    lines = terminal.plain_text(terminal.terminal_lines(report, colour=False)).splitlines()
+    assert "  untiered      1 passed  0 failed  0 skipped  0 blocked" in lines
+    assert ("untiered: 1 test(s) carry none of the tier markers "
+            "(certificates, connectivity, csr, health, posture, rbac, signer, upgrade)") in lines
+    assert "| untiered | 1 | 0 | 0 | 0 | 0 | 0 | 0 |" in markdown.render(report)
+
+
 def test_short_terminal_lines_are_the_matrix_and_the_totals():
-    lines = reports.plain_text(reports.terminal_lines(sample_report(), colour=False, short=True)).splitlines()
+    lines = terminal.plain_text(terminal.terminal_lines(sample_report(), colour=False, short=True)).splitlines()
     assert lines[0].startswith("  client\\server")
-    assert len(lines) == 1 + len(TENANTS) + len(reports.totals(sample_report().records))
+    assert len(lines) == 1 + len(TENANTS) + len(tables.totals(sample_report().records))
     assert not any(line.startswith(("versions:", "setup phases:", "reports:")) for line in lines)
 
 
-def test_setup_failure_is_reported_with_its_first_line_and_diagnoses():
+def test_setup_failure_is_reported_with_its_headline_and_diagnoses():
+    failure = SetupFailure(stage="istio", step="installing Istio", message="istioctl install failed\ntrace",
+                           diagnoses=(FOUND,), evidence_dir="/r/evidence")
     facts = RunFacts.from_dict({"provider": "kind", "versions": {"istio": None}, "phases": [],
-                                "setup_failure": {"stage": "istio", "message": "istioctl install failed\ntrace",
-                                                  "diagnoses": [DIAGNOSIS]},
-                                "evidence_dir": "/r/evidence"})
+                                "setup_failure": failure, "evidence_dir": "/r/evidence"})
     report = RunReport((), facts, pair_specs("foo"))
-    text = reports.plain_text(reports.terminal_lines(report, colour=False))
+    text = terminal.plain_text(terminal.terminal_lines(report, colour=False))
     assert "versions: istio unknown" in text
-    assert "setup failed at istio: istioctl install failed\n  [signer-not-signing] the bar" in text
+    assert ("setup failed at istio: custom-ca setup failed while installing Istio (stages reached: istio)\n"
+            "  [signer-not-signing] the bar") in text
     assert "evidence: /r/evidence" in text
-    assert "### Setup failed" in reports.markdown(report)
-    reports.validate_document(reports.json_document(report))
+    assert "**istio**: custom-ca setup failed while installing Istio" in markdown.render(report)
+    document = report_json.document(report)
+    report_json.validate(document)
+    assert document["setup_failure"] == {"stage": "istio", "message": failure.describe(), "diagnoses": [DIAGNOSIS]}
 
 
 # --- JSON, Markdown, SVG, files --------------------------------------------------------------------
@@ -228,9 +269,9 @@ def test_setup_failure_is_reported_with_its_first_line_and_diagnoses():
 
 def test_json_document_validates_and_has_one_record_per_test():
     report = sample_report()
-    document = reports.json_document(report)
-    reports.validate_document(document)
-    jsonschema.Draft202012Validator.check_schema(reports.REPORT_SCHEMA)
+    document = report_json.document(report)
+    report_json.validate(document)
+    jsonschema.Draft202012Validator.check_schema(report_json.SCHEMA)
     assert document["schema_version"] == 1
     assert document["versions"] == {"istio": "1.24.1", "cert-manager": "v1.16.2"}
     nodeids = [test["nodeid"] for test in document["tests"]]
@@ -246,15 +287,32 @@ def test_json_document_validates_and_has_one_record_per_test():
     json.dumps(document)
 
 
+def test_the_schema_states_the_outcomes_and_cell_states_the_reports_use():
+    schema = report_json.SCHEMA
+    counts = schema["$defs"]["counts"]
+    outcome = schema["properties"]["tests"]["items"]["properties"]["outcome"]
+    state = schema["properties"]["matrix"]["properties"]["cells"]["items"]["properties"]["state"]
+    assert outcome["enum"] == counts["required"] == list(counts["properties"]) == list(records.OUTCOMES)
+    assert state["enum"] == list(tables.CELL_STATES)
+
+
+def test_report_json_may_gain_keys_but_not_leave_its_schema(tmp_path):
+    written = formats.write_reports(sample_report(), tmp_path / "ok", lambda document: document.update(ci={"job": 7}))
+    assert list(read_report(tmp_path / "ok"))[-1] == "ci" and written[0].name == "report.json"
+    with pytest.raises(report_json.ReportError, match=r"report\.json: tests: 'none' is not of type 'array'"):
+        formats.write_reports(sample_report(), tmp_path / "off", lambda document: document.update(tests="none"))
+    assert not (tmp_path / "off").exists()
+
+
 def test_a_document_off_the_schema_is_refused_naming_the_field():
-    document = reports.json_document(sample_report())
+    document = report_json.document(sample_report())
     document["tests"][0]["outcome"] = "sort of"
-    with pytest.raises(reports.ReportError, match=r"report\.json: tests\[0\]\.outcome: 'sort of' is not one of"):
-        reports.validate_document(document)
+    with pytest.raises(report_json.ReportError, match=r"report\.json: tests\[0\]\.outcome: 'sort of' is not one of"):
+        report_json.validate(document)
 
 
 def test_markdown_has_the_matrix_table_and_the_totals():
-    text = reports.markdown(sample_report())
+    text = markdown.render(sample_report())
     assert text.startswith("## custom-ca conformance: 3 passed, 1 failed, 1 blocked\n")
     assert "| client \\ server | **foo** | **bar** |" in text
     assert "| **foo** | ✅ ok | ✅ verify-fail |" in text
@@ -266,17 +324,17 @@ def test_markdown_has_the_matrix_table_and_the_totals():
 
 
 def test_svg_parses_with_a_coloured_cell_per_pair():
-    root = ET.fromstring(reports.svg(sample_report()))
+    root = ET.fromstring(svg.render(sample_report()))
     assert root.tag == f"{SVG}svg"
     assert "istio 1.24.1" in root.find(f"{SVG}title").text
     cells = [r for r in root.iter(f"{SVG}rect") if r.get("class") == "cell"]
     assert len(cells) == len(TENANTS) ** 2
     colours = {(c.get("data-client"), c.get("data-server")): c.get("fill") for c in cells}
-    assert colours == {("foo", "foo"): reports.CELL_COLOURS[AS_EXPECTED],
-                       ("foo", "bar"): reports.CELL_COLOURS[AS_EXPECTED],
-                       ("bar", "foo"): reports.CELL_COLOURS[UNEXPECTED],
-                       ("bar", "bar"): reports.CELL_COLOURS[NOT_RUN]}
-    assert reports.CELL_COLOURS[AS_EXPECTED] != reports.CELL_COLOURS[UNEXPECTED] != reports.CELL_COLOURS[NOT_RUN]
+    assert colours == {("foo", "foo"): svg.CELL_COLOURS[AS_EXPECTED],
+                       ("foo", "bar"): svg.CELL_COLOURS[AS_EXPECTED],
+                       ("bar", "foo"): svg.CELL_COLOURS[UNEXPECTED],
+                       ("bar", "bar"): svg.CELL_COLOURS[NOT_RUN]}
+    assert svg.CELL_COLOURS[AS_EXPECTED] != svg.CELL_COLOURS[UNEXPECTED] != svg.CELL_COLOURS[NOT_RUN]
     labels = [t.text for t in root.iter(f"{SVG}text")]
     assert labels.count("foo") == 2 and labels.count("bar") == 2  # a row and a column label each
     legend = root.find(f".//{SVG}g[@id='legend']")
@@ -285,29 +343,28 @@ def test_svg_parses_with_a_coloured_cell_per_pair():
 
 def test_svg_of_a_larger_topology_is_n_by_n():
     tenants = tuple(f"tenant{i}" for i in range(1, 6))
-    root = ET.fromstring(reports.svg(RunReport((), RunFacts(), pair_specs(*tenants))))
+    root = ET.fromstring(svg.render(RunReport((), RunFacts(), pair_specs(*tenants))))
     cells = [r for r in root.iter(f"{SVG}rect") if r.get("class") == "cell"]
     assert len(cells) == 25 and {c.get("data-state") for c in cells} == {NOT_RUN}
 
 
-def test_write_reports_writes_the_three_files(tmp_path):
-    written = reports.write_reports(sample_report(), tmp_path / "new" / "dir")
-    assert [p.name for p in written] == ["report.json", "summary.md", "matrix.svg"]
-    reports.validate_document(json.loads(written[0].read_text()))
+def test_write_reports_writes_every_format(tmp_path):
+    written = formats.write_reports(sample_report(), tmp_path / "new" / "dir")
+    assert [p.name for p in written] == [f.file_name for f in formats.formats()] == [
+        "report.json", "summary.md", "matrix.svg"]
+    report_json.validate(json.loads(written[0].read_text()))
     summary = tmp_path / "step-summary.md"
     summary.write_text("earlier step\n")
-    reports.append_markdown(summary, written[1].read_text())
+    formats.append_markdown(summary, written[1].read_text())
     assert summary.read_text().startswith("earlier step\n## custom-ca conformance:")
 
 
-def test_diagnoses_may_come_as_diagnosis_objects():
-    from custom_ca_conformance.model.evidence import Diagnosis
-
-    diagnosis = Diagnosis(**{**DIAGNOSIS, "evidence": tuple(DIAGNOSIS["evidence"])})
-    facts = RunFacts.from_dict({"setup_failure": {"stage": "signers", "message": "m", "diagnoses": [diagnosis]}})
-    assert facts.setup_failure.diagnoses == (DIAGNOSIS,)
-    assert reports.diagnoses_from([(reports.DIAGNOSES_PROPERTY, [diagnosis, "junk"])]) == (DIAGNOSIS,)
-    assert reports.diagnosis_line(DIAGNOSIS) == diagnosis.line()
+def test_a_diagnosis_is_a_dict_only_in_json():
+    """state.json and a report's user property hold dicts; everything else holds the one Diagnosis type."""
+    failure = SetupFailure(stage="signers", step=None, message="m", diagnoses=(FOUND,), checked=("istiod: fine",))
+    assert SetupFailure.from_dict(json.loads(json.dumps(failure.as_dict()))) == failure
+    assert records.diagnoses_from([(records.DIAGNOSES_PROPERTY, [DIAGNOSIS, FOUND, "junk"])]) == (FOUND, FOUND)
+    assert FOUND.as_dict() == DIAGNOSIS and Diagnosis.from_dict({"kind": "k"}).cause == ""
 
 
 UPGRADE = {
@@ -326,7 +383,7 @@ def upgrade_report() -> RunReport:
 
 
 def test_an_upgrade_run_shows_each_pair_before_and_after_side_by_side():
-    rows = {row.pair: row for row in reports.upgrade_rows(upgrade_report())}
+    rows = {row.pair: row for row in tables.upgrade_rows(upgrade_report())}
 
     assert (rows["foo-to-foo"].before, rows["foo-to-foo"].after) == ("ok", "ok")
     assert (rows["foo-to-bar"].expected, rows["foo-to-bar"].before) == ("tls-verify-failed", "ok")
@@ -335,10 +392,10 @@ def test_an_upgrade_run_shows_each_pair_before_and_after_side_by_side():
 
 def test_an_upgrade_run_is_in_every_report_form():
     report = upgrade_report()
-    document = reports.json_document(report)
-    reports.validate_document(document)
-    text = reports.plain_text(reports.terminal_lines(report, colour=False))
-    markdown = reports.markdown(report)
+    document = report_json.document(report)
+    report_json.validate(document)
+    text = terminal.plain_text(terminal.terminal_lines(report, colour=False))
+    summary = markdown.render(report)
 
     assert document["upgrade"]["rollout"]["failed"] == 1
     assert {"pair": "foo-to-bar", "expected": "tls-verify-failed", "before": "ok", "after": "tls-verify-failed"} \
@@ -346,11 +403,11 @@ def test_an_upgrade_run_is_in_every_report_form():
     assert "upgrade Istio 1.29.6 -> 1.30.3 (in place)" in text
     assert "rollout: 40 requests in 15s, 1 failed, 3 interrupted by their client pod's replacement, 2 not sent" \
         in text
-    assert "| pair | expected | before (1.29.6) | after (1.30.3) |" in markdown
+    assert "| pair | expected | before (1.29.6) | after (1.30.3) |" in summary
     columns = [line.index("tls-verify-failed") for line in text.splitlines() if line.startswith("  foo-to-bar")]
     assert columns == [len("  pair        ")], "the upgrade table's expected column does not line up"
-    assert "| foo-to-bar | tls-verify-failed | ❌ ok | ✅ tls-verify-failed |" in markdown
-    assert reports.json_document(sample_report())["upgrade"] is None
+    assert "| foo-to-bar | tls-verify-failed | ❌ ok | ✅ tls-verify-failed |" in summary
+    assert report_json.document(sample_report())["upgrade"] is None
 
 
 def test_run_facts_tolerate_absence():
@@ -395,6 +452,7 @@ def probe_tests(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_connectivity=textwrap.dedent("""
         import pytest
 
+        pytestmark = pytest.mark.connectivity
         SEEN = {("foo", "foo"): "ok", ("foo", "bar"): "ok", ("bar", "foo"): "tls-verify-failed"}
 
         @pytest.mark.parametrize(("client", "server"), sorted(SEEN), ids=lambda v: v)
@@ -414,6 +472,8 @@ def probe_tests(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_rbac=textwrap.dedent("""
         import pytest
 
+        pytestmark = pytest.mark.rbac
+
         def test_approve():
             pass
 
@@ -424,7 +484,7 @@ def probe_tests(pytester: pytest.Pytester) -> None:
 
 def read_report(directory: Path) -> dict:
     document = json.loads((directory / "report.json").read_text())
-    reports.validate_document(document)
+    report_json.validate(document)
     return document
 
 
@@ -595,3 +655,37 @@ def test_what_was_checked_is_said_once_for_all_unexplained_failures(run, pyteste
         "  - mTLS policy: fine",
     ])
     assert output(result).count("  - istiod: fine") == 1, output(result)
+
+
+def test_a_conftest_adds_to_report_json_through_the_hook(run, probe_tests, pytester):
+    pytester.makeconftest("""
+        def pytest_custom_ca_update_json(config, document):
+            document["ci"] = {"job": "build-42", "tests": len(document["tests"])}
+        """)
+    result = run("--custom-ca-report-dir", "out")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
+    assert_clean(result)
+    document = read_report(pytester.path / "out")  # validated
+    assert document["ci"] == {"job": "build-42", "tests": 5}
+
+
+def test_the_tier_is_the_tests_marker_and_a_test_without_one_shows(run, pytester):
+    pytester.makepyfile(test_mixed=textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.signer
+        def test_signer():
+            pass
+
+        @pytest.mark.health
+        def test_health():
+            pass
+
+        def test_unmarked():
+            pass
+        """))
+    result = run("-n", "2", "--custom-ca-report-dir", "out")  # the markers are read where the items are
+    assert result.ret == pytest.ExitCode.OK, output(result)
+    tiers = {t["nodeid"].rpartition("::")[2]: t["tier"] for t in read_report(pytester.path / "out")["tests"]}
+    assert tiers == {"test_signer": "signer_contract", "test_health": "health", "test_unmarked": "untiered"}
+    result.stdout.fnmatch_lines(["  untiered  *1 passed*", "untiered: 1 test(s) carry none of the tier markers (*)"])
