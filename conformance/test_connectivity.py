@@ -3,7 +3,7 @@
 import pytest
 
 from custom_ca_conformance.model.messages import mismatch
-from custom_ca_conformance.model.outcomes import Outcome, describe
+from custom_ca_conformance.model.outcomes import Outcome, describe, expected_outcome
 from custom_ca_conformance.model.pki import expected_spiffe_id
 from custom_ca_conformance.model.vocabulary import Capability
 
@@ -17,7 +17,7 @@ def _where(result) -> str:
 def test_mtls(pair, probe):
     """The full matrix: each client reaches each server exactly when both share a signer."""
     result = probe(pair)
-    expected = Outcome.OK if pair.same_signer else Outcome.TLS_VERIFY_FAILED
+    expected = expected_outcome(pair.same_signer)
     assert result.outcome is expected, mismatch(
         f"{expected.value} ({pair.client_signer} client -> {pair.server_signer} server)",
         describe(result.classification),

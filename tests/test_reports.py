@@ -21,11 +21,27 @@ import jsonschema
 import pytest
 
 from custom_ca_conformance.model.evidence import Diagnosis
+from custom_ca_conformance.model.outcomes import expected_outcome
 from custom_ca_conformance.model.setup_failure import SetupFailure
 from custom_ca_conformance.model.vocabulary import TIER_MARKERS
 from custom_ca_conformance.plugin.session import STATE_ENV
-from custom_ca_conformance.reports import formats, markdown, records, report_json, svg, tables, terminal
-from custom_ca_conformance.reports.records import TIER_PROPERTY, PairSpec, Phase, RecordCollector, RunFacts, RunReport
+from custom_ca_conformance.reports import (
+    formats,
+    markdown,
+    records,
+    report_json,
+    svg,
+    tables,
+    terminal,
+)
+from custom_ca_conformance.reports.records import (
+    TIER_PROPERTY,
+    PairSpec,
+    Phase,
+    RecordCollector,
+    RunFacts,
+    RunReport,
+)
 from custom_ca_conformance.reports.tables import AS_EXPECTED, NOT_RUN, UNEXPECTED
 
 pytest_plugins = ("pytester",)
@@ -38,7 +54,7 @@ TENANTS = ("foo", "bar")
 
 
 def probe_property(client: str, server: str, seen: str | None = None) -> tuple[str, dict]:
-    expected = records.expected_outcome(client == server)
+    expected = expected_outcome(client == server).value
     return (records.PROBE_PROPERTY, {
         "pair": f"{client}-to-{server}", "client": client, "server": server, "expected": expected,
         "seen": seen or expected, "reason": f"reason {client} {server}", "evidence": "client istio-proxy access log",
@@ -57,7 +73,7 @@ def tier(marker: str) -> tuple[str, str]:
 
 
 def pair_specs(*tenants: str) -> tuple[PairSpec, ...]:
-    return tuple(PairSpec(f"{c}-to-{s}", c, s, records.expected_outcome(c == s)) for c in tenants for s in tenants)
+    return tuple(PairSpec(f"{c}-to-{s}", c, s, expected_outcome(c == s).value) for c in tenants for s in tenants)
 
 
 def sample_report() -> RunReport:
