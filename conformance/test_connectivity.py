@@ -4,7 +4,7 @@ import pytest
 
 from custom_ca_conformance.model.messages import mismatch
 from custom_ca_conformance.model.outcomes import Outcome, describe
-from custom_ca_conformance.model.pki import expected_spiffe_id
+from custom_ca_conformance.model.certificates import expected_spiffe_id
 from custom_ca_conformance.model.vocabulary import Capability
 
 pytestmark = pytest.mark.connectivity
