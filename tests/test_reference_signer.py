@@ -14,7 +14,8 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 from custom_ca_conformance.model import certificates, chains, pki
 from custom_ca_conformance.probes.csr_contract import ISTIO_USAGES, CsrDriver
 from custom_ca_conformance.signer import Breakage, SignerCA, ca_secret_name, signer_rbac_objects, start_reference_signer
-from custom_ca_conformance.signer.reference import DEFAULT_EXPIRATION_SECONDS, Action, decide, issue_chain, parse_go_duration
+from custom_ca_conformance.signer.decisions import Action, decide, parse_go_duration
+from custom_ca_conformance.signer.issuing import DEFAULT_EXPIRATION_SECONDS, issue_chain
 
 FOO = "clusterissuers.cert-manager.io/foo"
 BAR = "clusterissuers.cert-manager.io/bar"
