@@ -3,7 +3,8 @@
 import pytest
 
 from custom_ca_conformance.model.messages import mismatch
-from custom_ca_conformance.model.pki import describe_cert, expected_spiffe_id, fingerprint, spiffe_ids, verify_workload_chain
+from custom_ca_conformance.model.certificates import describe_cert, expected_spiffe_id, fingerprint, spiffe_ids
+from custom_ca_conformance.model.chains import verify_workload_chain
 
 pytestmark = pytest.mark.certificates
 

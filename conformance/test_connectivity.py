@@ -3,8 +3,8 @@
 import pytest
 
 from custom_ca_conformance.model.messages import mismatch
+from custom_ca_conformance.model.certificates import expected_spiffe_id
 from custom_ca_conformance.model.outcomes import Outcome, describe, expected_outcome
-from custom_ca_conformance.model.pki import expected_spiffe_id
 from custom_ca_conformance.model.vocabulary import Capability
 
 pytestmark = pytest.mark.connectivity

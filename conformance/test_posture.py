@@ -12,7 +12,8 @@ import pytest
 from kubernetes import client as k8s
 
 from custom_ca_conformance import kube
-from custom_ca_conformance.model import pki
+from custom_ca_conformance.model.certificates import describe_cert
+from custom_ca_conformance.model.chains import verify_workload_chain
 from custom_ca_conformance.model.messages import mismatch
 from custom_ca_conformance.model.outcomes import Outcome, describe
 from custom_ca_conformance.probes.posture import chooser_deployment, chooser_pair, signer_choice_pair
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.posture
 
 def _issuing_signer(mesh, topology, chain) -> str | None:
     for signer in topology.signers:
-        if pki.verify_workload_chain(chain, [mesh.signer_root(signer)]).ok:
+        if verify_workload_chain(chain, [mesh.signer_root(signer)]).ok:
             return signer
     return None
 
@@ -47,7 +48,7 @@ def test_a_workload_cannot_obtain_another_tenants_signer(mesh, topology, request
 
     finding = (f"a pod in tenant {pair.client.namespace} annotated to ask for signer {pair.server_signer} "
                f"got a certificate issued by {issued_by or 'no configured signer'} "
-               f"({pki.describe_cert(held.leaf)}); its request to {pair.server.id}: {describe(result.classification)}")
+               f"({describe_cert(held.leaf)}); its request to {pair.server.id}: {describe(result.classification)}")
     request.node.user_properties.append(("custom_ca_posture", {
         "client_namespace": pair.client.namespace, "asked_signer": pair.server_signer, "issued_by": issued_by,
         "request_outcome": result.outcome.value, "finding": finding}))

@@ -13,6 +13,8 @@ import datetime as dt
 import pytest
 
 from custom_ca_conformance.model import pki
+from custom_ca_conformance.model.certificates import describe_cert, same_public_key, spiffe_ids
+from custom_ca_conformance.model.chains import verify_workload_chain
 from custom_ca_conformance.model.messages import mismatch
 from custom_ca_conformance.model.vocabulary import Feature, Stage, declared_gap
 from custom_ca_conformance.probes.csr_contract import CONTRACT_EXPIRATION_SECONDS, ISTIO_USAGES, KEY_KINDS, CsrDriver, read_ca_bundle
@@ -99,15 +101,15 @@ def test_issued_certificate_is_wellformed_pem(signer, signer_profile, issued_cer
 def test_issued_certificate_carries_the_request_public_key(signer, key_kind, signer_profile, issued_certificates):
     case = _issued(issued_certificates, signer, signer_profile, key_kind)
     leaf = _parsed_chain(case)[0]
-    assert pki.same_public_key(leaf, case.csr.key), mismatch(
-        "the leaf certificate's public key is the CSR's", pki.describe_cert(leaf), case.csr.name)
+    assert same_public_key(leaf, case.csr.key), mismatch(
+        "the leaf certificate's public key is the CSR's", describe_cert(leaf), case.csr.name)
 
 
 def test_issued_certificate_carries_the_spiffe_uri_san(signer, signer_profile, issued_certificates):
     case = _issued(issued_certificates, signer, signer_profile)
     leaf = _parsed_chain(case)[0]
-    assert pki.spiffe_ids(leaf) == [case.csr.spiffe_id], mismatch(
-        f"exactly the URI SAN {case.csr.spiffe_id}", pki.describe_cert(leaf), case.csr.name)
+    assert spiffe_ids(leaf) == [case.csr.spiffe_id], mismatch(
+        f"exactly the URI SAN {case.csr.spiffe_id}", describe_cert(leaf), case.csr.name)
 
 
 @pytest.mark.requires(Feature.EXPIRATION_SECONDS)
@@ -129,10 +131,10 @@ def test_chain_verifies_to_the_published_ca_bundle(signer, signer_profile, signe
     chain = _parsed_chain(case)
     published = read_ca_bundle(signer.ca_bundle, signer_cluster.api_client)
     bundle = pki.load_pem_chain(published) if published else chain[-1:]
-    check = pki.verify_workload_chain(chain, bundle)
+    check = verify_workload_chain(chain, bundle)
     assert check.ok, mismatch(
         f"the chain in status.certificate verifies, as a sidecar uses it, to {signer.ca_bundle.describe()} "
-        f"({'; '.join(pki.describe_cert(c) for c in bundle)}): leaf CA:FALSE with usages {list(ISTIO_USAGES)}, "
+        f"({'; '.join(describe_cert(c) for c in bundle)}): leaf CA:FALSE with usages {list(ISTIO_USAGES)}, "
         "each issuer a CA allowed to sign certificates within its pathLenConstraint, all valid now",
         check.detail,
         f"CertificateSigningRequest {case.csr.name}",

@@ -219,7 +219,7 @@ def test_pki_keeps_both_ca_keys_and_issues_the_apiservers_kubelet_client_certifi
     from cryptography.x509.oid import NameOID
 
     from custom_ca_conformance.localplane.controlplane import write_pki
-    from custom_ca_conformance.model import pki
+    from custom_ca_conformance.model import certificates
 
     files = write_pki(tmp_path, extra_ips=["198.18.0.1"])
     serving = x509.load_pem_x509_certificate(files.serving_cert.read_bytes())
@@ -228,8 +228,8 @@ def test_pki_keeps_both_ca_keys_and_issues_the_apiservers_kubelet_client_certifi
 
     assert "198.18.0.1" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
     assert "198.19.0.1" in {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
-    assert pki.same_public_key(files.serving_ca().key.public_key(), files.serving_ca().cert.public_key())
-    assert pki.same_public_key(files.client_ca().key.public_key(), files.client_ca().cert.public_key())
+    assert certificates.same_public_key(files.serving_ca().key.public_key(), files.serving_ca().cert.public_key())
+    assert certificates.same_public_key(files.client_ca().key.public_key(), files.client_ca().cert.public_key())
     assert kubelet_client.issuer == files.client_ca().cert.subject
     assert kubelet_client.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
     assert files.ca_key.stat().st_mode & 0o077 == 0 and files.client_ca_key.stat().st_mode & 0o077 == 0

@@ -1,4 +1,4 @@
-"""custom_ca_conformance.model.pki against real certificates minted with cryptography."""
+"""custom_ca_conformance.model's pki, certificates and chains against real certificates minted with cryptography."""
 
 import datetime as dt
 import hashlib
@@ -7,7 +7,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from custom_ca_conformance.model import pki
+from custom_ca_conformance.model import certificates, chains, pki
 
 WORKLOAD_ID = "spiffe://cluster.local/ns/foo/sa/curl"
 ISTIO_USAGES = {"digital signature", "key encipherment", "server auth", "client auth"}
@@ -55,8 +55,8 @@ def other_root():
 
 
 def _verify(chain, *bundle, **kwargs):
-    return pki.verify_workload_chain([c.cert if isinstance(c, pki.CertificateAuthority) else c for c in chain],
-                                     [ca.cert for ca in bundle], **kwargs)
+    return chains.verify_workload_chain([c.cert if isinstance(c, pki.CertificateAuthority) else c for c in chain],
+                                        [ca.cert for ca in bundle], **kwargs)
 
 
 @pytest.mark.parametrize("ca_key_kind", ["rsa-2048", "ec-p256"])
@@ -245,8 +245,8 @@ def test_every_broken_rule_is_named_and_the_validator_message_kept(root):
 
 def test_empty_inputs_are_named():
     root = pki.make_self_signed_ca("root")
-    assert pki.verify_workload_chain([], [root.cert]).detail == "no certificate to verify"
-    assert "empty trust bundle" in pki.verify_workload_chain([root.cert], []).detail
+    assert chains.verify_workload_chain([], [root.cert]).detail == "no certificate to verify"
+    assert "empty trust bundle" in chains.verify_workload_chain([root.cert], []).detail
 
 
 # --- explanation helpers ------------------------------------------------------------------------
@@ -254,19 +254,19 @@ def test_empty_inputs_are_named():
 
 def test_presented_path_follows_issuers_into_the_bundle(root, intermediate):
     leaf = _leaf(intermediate)
-    assert pki.presented_path([leaf, intermediate.cert], [root.cert]) == [leaf, intermediate.cert, root.cert]
-    assert pki.presented_path([leaf], [root.cert]) == [leaf]
+    assert chains.presented_path([leaf, intermediate.cert], [root.cert]) == [leaf, intermediate.cert, root.cert]
+    assert chains.presented_path([leaf], [root.cert]) == [leaf]
 
 
 def test_explanation_falls_back_to_the_validator_message(root, intermediate):
     chain = [_leaf(intermediate), intermediate.cert]
-    text = pki.explain_chain_failure(chain, [root.cert], _in(0), "some rule of its own")
+    text = chains.explain_chain_failure(chain, [root.cert], _in(0), "some rule of its own")
     assert text == "none of the checked rules explains it (path validator: some rule of its own)"
 
 
 def test_path_length_reads_basic_constraints(root):
-    assert pki.path_length(root.cert) is None
-    assert pki.path_length(pki.make_intermediate_ca(root, "capped", path_length=2).cert) == 2
+    assert certificates.path_length(root.cert) is None
+    assert certificates.path_length(pki.make_intermediate_ca(root, "capped", path_length=2).cert) == 2
 
 
 def test_intermediate_never_outlives_its_parent():
@@ -285,39 +285,39 @@ def test_intermediate_records_its_issuers(root, intermediate):
 
 
 def test_ca_flag_is_detected(root, intermediate):
-    assert pki.is_ca(root.cert)
-    assert pki.is_ca(intermediate.cert)
-    assert not pki.is_ca(_leaf(intermediate))
+    assert certificates.is_ca(root.cert)
+    assert certificates.is_ca(intermediate.cert)
+    assert not certificates.is_ca(_leaf(intermediate))
 
 
 def test_expected_spiffe_id_format():
-    assert pki.expected_spiffe_id("cluster.local", "foo", "curl") == WORKLOAD_ID
+    assert certificates.expected_spiffe_id("cluster.local", "foo", "curl") == WORKLOAD_ID
 
 
 def test_spiffe_ids_reads_uri_sans(root):
-    assert pki.spiffe_ids(_leaf(root)) == [WORKLOAD_ID]
-    assert pki.spiffe_ids(root.cert) == []
+    assert certificates.spiffe_ids(_leaf(root)) == [WORKLOAD_ID]
+    assert certificates.spiffe_ids(root.cert) == []
 
 
 def test_fingerprint_is_colon_separated_sha256_of_der(root):
     der = root.cert.public_bytes(serialization.Encoding.DER)
     expected = ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
-    assert pki.fingerprint(root.cert) == expected
+    assert certificates.fingerprint(root.cert) == expected
 
 
 def test_describe_cert_names_subject_issuer_sans_and_fingerprint(intermediate):
     leaf = _leaf(intermediate)
-    line = pki.describe_cert(leaf)
+    line = certificates.describe_cert(leaf)
     assert "subject=<empty>" in line
     assert "issuer=CN=signer-foo intermediate" in line
     assert f"URI:{WORKLOAD_ID}" in line
-    assert pki.fingerprint(leaf) in line
+    assert certificates.fingerprint(leaf) in line
     assert "\n" not in line
 
 
 def test_same_public_key_compares_subject_public_key_info(root, other_root):
-    assert pki.same_public_key(root.cert, root.key.public_key())
-    assert not pki.same_public_key(root.cert, other_root.cert)
+    assert certificates.same_public_key(root.cert, root.key.public_key())
+    assert not certificates.same_public_key(root.cert, other_root.cert)
 
 
 # --- Istio-shaped CSR ---------------------------------------------------------------------------
@@ -342,10 +342,10 @@ def test_issued_leaf_keeps_csr_public_key_and_uri_san(intermediate, key_kind):
     key = pki.new_private_key(key_kind)
     csr_pem = pki.istio_style_csr(WORKLOAD_ID, key)
     leaf = pki.issue_leaf(intermediate, csr_pem, not_after=_in(1), usages=ISTIO_USAGES)
-    assert pki.same_public_key(leaf, key.public_key())
-    assert pki.same_public_key(leaf, x509.load_pem_x509_csr(csr_pem))
-    assert pki.spiffe_ids(leaf) == [WORKLOAD_ID]
-    assert pki.kube_usages(leaf) == ISTIO_USAGES
+    assert certificates.same_public_key(leaf, key.public_key())
+    assert certificates.same_public_key(leaf, x509.load_pem_x509_csr(csr_pem))
+    assert certificates.spiffe_ids(leaf) == [WORKLOAD_ID]
+    assert certificates.kube_usages(leaf) == ISTIO_USAGES
 
 
 @pytest.mark.parametrize("ca_key_kind", pki.KEY_KINDS)
@@ -362,20 +362,20 @@ def test_issued_leaf_is_a_critical_non_ca_with_key_identifiers(ca_key_kind):
 
 def test_usages_map_to_exact_key_usage_bits(root):
     leaf = _leaf(root, usages={"digital signature", "server auth"})
-    assert pki.key_usage_names(leaf) == {"digital_signature"}
-    assert pki.extended_key_usage_names(leaf) == {"server_auth"}
-    assert pki.kube_usages(leaf) == {"digital signature", "server auth"}
+    assert certificates.key_usage_names(leaf) == {"digital_signature"}
+    assert certificates.extended_key_usage_names(leaf) == {"server_auth"}
+    assert certificates.kube_usages(leaf) == {"digital signature", "server auth"}
 
 
 def test_kubernetes_signing_alias_means_digital_signature(root):
     leaf = _leaf(root, usages={"signing", "client auth"})
-    assert pki.kube_usages(leaf) == {"digital signature", "client auth"}
+    assert certificates.kube_usages(leaf) == {"digital signature", "client auth"}
 
 
 def test_extended_usages_alone_leave_key_usage_out(root):
     leaf = _leaf(root, usages={"client auth"})
-    assert pki.key_usage_names(leaf) == set()
-    assert pki.extended_key_usage_names(leaf) == {"client_auth"}
+    assert certificates.key_usage_names(leaf) == set()
+    assert certificates.extended_key_usage_names(leaf) == {"client_auth"}
 
 
 def test_leaf_validity_is_as_requested(root):

@@ -11,10 +11,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from kubernetes import client
 from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from custom_ca_conformance.model import pki
+from custom_ca_conformance.model import certificates, chains, pki
 from custom_ca_conformance.probes.csr_contract import ISTIO_USAGES, CsrDriver
 from custom_ca_conformance.signer import Breakage, SignerCA, ca_secret_name, signer_rbac_objects, start_reference_signer
-from custom_ca_conformance.signer.reference import DEFAULT_EXPIRATION_SECONDS, Action, decide, issue_chain, parse_go_duration
+from custom_ca_conformance.signer.decisions import Action, decide, parse_go_duration
+from custom_ca_conformance.signer.issuing import DEFAULT_EXPIRATION_SECONDS, issue_chain
 
 FOO = "clusterissuers.cert-manager.io/foo"
 BAR = "clusterissuers.cert-manager.io/bar"
@@ -110,25 +111,25 @@ def test_chain_is_leaf_and_intermediate_verifying_to_the_root(foo_ca, istio_requ
     chain = _issue(istio_request, foo_ca)
 
     assert len(chain) == 2 and foo_ca.root not in chain
-    assert pki.verify_workload_chain(chain, [foo_ca.root]).ok
-    assert pki.spiffe_ids(chain[0]) == [SPIFFE_ID]
-    assert not pki.is_ca(chain[0])
-    assert pki.kube_usages(chain[0]) == set(ISTIO_USAGES)
+    assert chains.verify_workload_chain(chain, [foo_ca.root]).ok
+    assert certificates.spiffe_ids(chain[0]) == [SPIFFE_ID]
+    assert not certificates.is_ca(chain[0])
+    assert certificates.kube_usages(chain[0]) == set(ISTIO_USAGES)
 
 
 def test_each_breakage_shows_in_the_chain(foo_ca, istio_request):
     other = SignerCA.generate("unpublished")
     lifetime = lambda chain: chain[0].not_valid_after_utc - chain[0].not_valid_before_utc  # noqa: E731
 
-    assert pki.is_ca(_issue(istio_request, foo_ca, Breakage.SET_CA_TRUE)[0])
-    assert pki.spiffe_ids(_issue(istio_request, foo_ca, Breakage.DROP_URI_SAN)[0]) == []
+    assert certificates.is_ca(_issue(istio_request, foo_ca, Breakage.SET_CA_TRUE)[0])
+    assert certificates.spiffe_ids(_issue(istio_request, foo_ca, Breakage.DROP_URI_SAN)[0]) == []
     assert _issue(istio_request, foo_ca, Breakage.INCLUDE_ROOT)[-1] == foo_ca.root
     assert lifetime(_issue(istio_request, foo_ca, Breakage.IGNORE_EXPIRATION_SECONDS)) > dt.timedelta(
         seconds=DEFAULT_EXPIRATION_SECONDS)
     foreign_chain = _issue(istio_request, foo_ca, Breakage.SIGN_WITH_OTHER_CA, other_ca=other)
-    assert not pki.verify_workload_chain(foreign_chain, [foo_ca.root]).ok
+    assert not chains.verify_workload_chain(foreign_chain, [foo_ca.root]).ok
     garbage = _issue(istio_request, foo_ca, Breakage.GARBAGE_CERTIFICATE)
-    assert not pki.same_public_key(garbage[0], x509.load_pem_x509_csr(istio_request))
+    assert not certificates.same_public_key(garbage[0], x509.load_pem_x509_csr(istio_request))
 
 
 @pytest.mark.parametrize(("breakage", "explanation"), [
@@ -143,11 +144,11 @@ def test_each_chain_breakage_fails_path_validation_and_nothing_else(foo_ca, isti
     chain = _issue(istio_request, foo_ca, breakage)
     leaf = chain[0]
 
-    check = pki.verify_workload_chain(chain, [foo_ca.root])
+    check = chains.verify_workload_chain(chain, [foo_ca.root])
     assert not check.ok and explanation in check.detail, check.detail
     # What the other contract tests judge is intact: key, identity, lifetime.
-    assert pki.same_public_key(leaf, x509.load_pem_x509_csr(istio_request))
-    assert pki.spiffe_ids(leaf) == [SPIFFE_ID]
+    assert certificates.same_public_key(leaf, x509.load_pem_x509_csr(istio_request))
+    assert certificates.spiffe_ids(leaf) == [SPIFFE_ID]
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc >= dt.timedelta(seconds=3600)
 
 
@@ -223,10 +224,10 @@ def test_approved_istio_csr_is_issued_and_verifies_to_the_published_root(driver,
 
     assert outcome.certificate_pem, driver.describe(csr)
     chain = pki.load_pem_chain(outcome.certificate_pem)
-    check = pki.verify_workload_chain(chain, [_published_root(driver, BAR)])
+    check = chains.verify_workload_chain(chain, [_published_root(driver, BAR)])
     assert check.ok, check.detail
-    assert pki.same_public_key(chain[0], csr.key)
-    assert pki.spiffe_ids(chain[0]) == [SPIFFE_ID]
+    assert certificates.same_public_key(chain[0], csr.key)
+    assert certificates.spiffe_ids(chain[0]) == [SPIFFE_ID]
     assert f"signed {csr.name} ({BAR}) for {SPIFFE_ID} ttl 3600s" in _signer_log_once_it_has(
         running_signer, f"signed {csr.name} ")
 
@@ -260,7 +261,7 @@ def test_expiration_seconds_is_honoured(driver, expiration_seconds):
     assert outcome.certificate_pem, driver.describe(csr)
     leaf = pki.load_pem_chain(outcome.certificate_pem)[0]
     requested = outcome.csr.metadata.creation_timestamp + dt.timedelta(seconds=expiration_seconds)
-    assert abs(leaf.not_valid_after_utc - requested) <= EXPIRATION_TOLERANCE, pki.describe_cert(leaf)
+    assert abs(leaf.not_valid_after_utc - requested) <= EXPIRATION_TOLERANCE, certificates.describe_cert(leaf)
     assert outcome.csr.metadata.creation_timestamp - leaf.not_valid_before_utc <= dt.timedelta(minutes=1)
 
 
