@@ -13,7 +13,7 @@ pytestmark = pytest.mark.health
 
 def test_the_cluster_shows_none_of_the_known_faults(mesh, topology):
     evidence = collect_evidence(mesh.api_client, topology, Stage.READY, mesh.csr_records(),
-                                resource_namespace=recorded_resource_namespace(mesh.state))
+                                resource_namespace=recorded_resource_namespace(mesh.record))
     found = diagnose(topology, evidence)
     assert not found, mismatch(
         "no known fault in the evidence (signers sign, istiod may approve them, caCertificates hold each "
