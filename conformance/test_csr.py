@@ -2,8 +2,9 @@
 
 import pytest
 
-from custom_ca_conformance.install.injection import CERT_SIGNER_ENV, injected_signer
+from custom_ca_conformance.model.certificates import spiffe_namespace
 from custom_ca_conformance.model.messages import mismatch
+from custom_ca_conformance.model.pods import CERT_SIGNER_ENV, injected_signer
 from custom_ca_conformance.model.topology import ISTIOD_USER
 from custom_ca_conformance.model.vocabulary import Stage
 
@@ -11,10 +12,8 @@ from custom_ca_conformance.model.vocabulary import Stage
 pytestmark = [pytest.mark.csr, pytest.mark.requires(Stage.WORKLOADS)]
 
 
-
 def _tenant_records(mesh, tenant):
-    marker = f"/ns/{tenant.namespace}/"
-    return [r for r in mesh.csr_records() if any(marker in s for s in r.spiffe_ids)]
+    return [r for r in mesh.csr_records() if any(spiffe_namespace(s) == tenant.namespace for s in r.spiffe_ids)]
 
 
 def _summary(records) -> str:

@@ -438,3 +438,14 @@ def test_garbage_pem_raises_pki_error(garbage):
 def test_private_key_pem_is_not_a_certificate_chain(root):
     with pytest.raises(pki.PkiError):
         pki.load_pem_chain(root.key_pem)
+
+
+@pytest.mark.parametrize(("uri", "namespace"), [
+    ("spiffe://cluster.local/ns/foo/sa/curl", "foo"),
+    ("spiffe://td.example/ns/team-a/sa/default", "team-a"),
+    ("spiffe://cluster.local/ns/foo", None),
+    ("spiffe://cluster.local/sa/curl/ns/foo", None),
+    ("https://example.com/ns/foo/sa/curl", None),
+])
+def test_spiffe_namespace_reads_istio_workload_identities_only(uri, namespace):
+    assert certificates.spiffe_namespace(uri) == namespace
