@@ -321,7 +321,8 @@ def istioctl() -> str:
 def _generate(istioctl: str, operator: dict, tmp_path) -> list[dict]:
     import subprocess
 
-    path = templates.write_document(operator, tmp_path / "istio-operator.yaml")
+    path = tmp_path / "istio-operator.yaml"
+    path.write_text(yaml.safe_dump(operator, sort_keys=False))
     result = subprocess.run([istioctl, "manifest", "generate", "-f", str(path)],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
