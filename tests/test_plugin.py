@@ -579,6 +579,38 @@ def test_misspelt():
 # --- 8. the mesh session and a setup failure ------------------------------------------------------
 
 
+SESSION_PROBE = """
+    from custom_ca_conformance.plugin.run_config import SESSION_KEY
+
+    def pytest_unconfigure(config):
+        with open("mesh-session", "w") as seen:
+            seen.write("registered" if SESSION_KEY in config.stash else "none")
+    """
+
+
+@pytest.mark.parametrize("args, registered", [
+    (("--help",), "none"),
+    (("test_plain.py",), "none"),
+    (("test_needs_mesh.py",), "registered"),
+    (("--collect-only", "--pyargs", "custom_ca_conformance.conformance.test_rbac"), "registered"),
+])
+def test_a_mesh_session_is_registered_only_when_tests_that_need_the_mesh_are_collected(run, pytester, args, registered):
+    pytester.makeconftest(SESSION_PROBE)
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n",
+                        test_needs_mesh="def test_probe(mesh):\n    pass\n")
+    result = run(*args, in_repo=False)
+    assert (pytester.path / "mesh-session").read_text() == registered, output(result)
+    assert "INTERNALERROR" not in output(result), output(result)
+
+
+def test_a_test_that_needs_the_mesh_outside_a_conformance_run_says_why_it_has_none(run, pytester):
+    pytester.makepyfile(test_needs_mesh="def test_probe(mesh):\n    pass\n")
+    result = run("test_needs_mesh.py", in_repo=False)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*the mesh was not provisioned: the run must name the installed conformance tests*"])
+    assert_clean(result)
+
+
 BROKEN_CLUSTER = """
     from custom_ca_conformance.cluster.contract import ClusterAdapter
     from custom_ca_conformance.model.errors import ProvisioningError
