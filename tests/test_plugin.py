@@ -193,11 +193,50 @@ def test_an_upgrade_phase_the_run_did_not_reach_skips_as_blocked():
 ])
 def test_istio_is_skipped_exactly_when_the_marker_expression_selects_only_signer_tests(run, pytester, expression):
     """The decision is taken before collection, from the tiers' markers; collection shows what it must agree with."""
-    from custom_ca_conformance.plugin import _signer_only
+    from custom_ca_conformance.plugin.selection import signer_only
 
     files = {m["file"] for m in collected(run("--collect-only", "-q", "-m", expression, "conformance"))}
     assert files, f"-m {expression!r} selects no test: it cannot tell the decision right from wrong"
-    assert _signer_only(pytester.parseconfig("-m", expression)) is (files == {"test_signer_contract.py"}), files
+    assert signer_only(pytester.parseconfig("-m", expression)) is (files == {"test_signer_contract.py"}), files
+
+
+MARKS = {"test_none": set(), "test_a": {"a"}, "test_b": {"b"}, "test_c": {"c"}, "test_ab": {"a", "b"},
+         "test_ac": {"a", "c"}, "test_bc": {"b", "c"}, "test_abc": {"a", "b", "c"}}
+
+
+@pytest.mark.parametrize("expression", [
+    "a", "not a", "a and b", "a or b and c", "(a or b) and c", "not a and not b", "not (a or b)",
+    "a and not b or c", "not not c", "  a\tor(b )", "a or True", "b and (c or (a and not c))",
+])
+def test_the_marker_expression_parser_selects_as_pytest_does(pytester, expression):
+    from custom_ca_conformance.plugin.markexpr import compile_expression
+
+    pytester.makepyfile(test_marked="import pytest\n" + "".join(
+        "".join(f"@pytest.mark.{mark}\n" for mark in sorted(marks)) + f"def {name}():\n    pass\n"
+        for name, marks in MARKS.items()))
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-W", "ignore::pytest.PytestUnknownMarkWarning",
+                                          "--collect-only", "-q", "-m", expression)
+    by_pytest = {line.partition("::")[2] for line in result.outlines if line.startswith("test_marked.py::")}
+    evaluate = compile_expression(expression)
+    assert {name for name, marks in MARKS.items() if evaluate(marks.__contains__)} == by_pytest
+
+
+def test_an_empty_marker_expression_matches_nothing():
+    from custom_ca_conformance.plugin.markexpr import compile_expression
+
+    assert compile_expression(" ")(lambda name: True) is False
+
+
+@pytest.mark.parametrize("expression", ["a and", "(a", "a b", "()", "not", "a or or b", "a)", "a = b", "'a'",
+                                        "signer(key=1)"])
+def test_a_marker_expression_the_parser_does_not_take_is_a_value_error_and_installs_istio(pytester, expression):
+    """Invalid ones (pytest reports them when it selects), and marker arguments, which the plugin does not read."""
+    from custom_ca_conformance.plugin.markexpr import compile_expression
+    from custom_ca_conformance.plugin.selection import signer_only
+
+    with pytest.raises(ValueError):
+        compile_expression(expression)
+    assert signer_only(pytester.parseconfig("-m", expression)) is False
 
 
 def test_node_id_selects_one_pair(run):
@@ -535,3 +574,89 @@ def test_misspelt():
     result = run("--strict-markers", "--collect-only", "-q", "test_unknown.py", in_repo=False)
     assert result.ret != pytest.ExitCode.OK
     assert "'connectivty' not found in `markers` configuration option" in output(result)
+
+
+# --- 8. the mesh session and a setup failure ------------------------------------------------------
+
+
+SESSION_PROBE = """
+    from custom_ca_conformance.plugin.run_config import SESSION_KEY
+
+    def pytest_unconfigure(config):
+        with open("mesh-session", "w") as seen:
+            seen.write("registered" if SESSION_KEY in config.stash else "none")
+    """
+
+
+@pytest.mark.parametrize("args, registered", [
+    (("--help",), "none"),
+    (("test_plain.py",), "none"),
+    (("test_needs_mesh.py",), "registered"),
+    (("--collect-only", "--pyargs", "custom_ca_conformance.conformance.test_rbac"), "registered"),
+])
+def test_a_mesh_session_is_registered_only_when_tests_that_need_the_mesh_are_collected(run, pytester, args, registered):
+    pytester.makeconftest(SESSION_PROBE)
+    pytester.makepyfile(test_plain="def test_plain():\n    pass\n",
+                        test_needs_mesh="def test_probe(mesh):\n    pass\n")
+    result = run(*args, in_repo=False)
+    assert (pytester.path / "mesh-session").read_text() == registered, output(result)
+    assert "INTERNALERROR" not in output(result), output(result)
+
+
+def test_a_test_that_needs_the_mesh_outside_a_conformance_run_says_why_it_has_none(run, pytester):
+    pytester.makepyfile(test_needs_mesh="def test_probe(mesh):\n    pass\n")
+    result = run("test_needs_mesh.py", in_repo=False)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*the mesh was not provisioned: the run must name the installed conformance tests*"])
+    assert_clean(result)
+
+
+BROKEN_CLUSTER = """
+    from custom_ca_conformance.cluster.contract import ClusterAdapter
+    from custom_ca_conformance.model.errors import ProvisioningError
+
+    class NoVersions:
+        def versions(self):
+            return {}
+
+    class Broken(ClusterAdapter):
+        name = "broken"
+        sources = NoVersions()
+
+        def check_requirements(self, installs):
+            pass
+
+        def obtain(self, new_record):
+            raise ProvisioningError("the broken cluster cannot be obtained", step="obtaining the cluster")
+
+        def release(self, run, keep_logs_in=None):
+            pass
+
+    def pytest_custom_ca_cluster(name, settings):
+        return Broken(settings) if name == "broken" else None
+    """
+SETUP_FAILED = "custom-ca setup failed while obtaining the cluster (stages reached: nothing)"
+
+
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["one-process", "xdist"])
+def test_a_setup_failure_is_one_failed_item_whose_cause_is_printed_once_without_a_traceback(
+        run, pytester, monkeypatch, workers):
+    monkeypatch.setenv("CI", "true")  # pytest prints whole failure messages in the short summary on CI
+    pytester.makeconftest(BROKEN_CLUSTER)
+    result = run("--custom-ca-cluster", "broken", "--pyargs", "custom_ca_conformance.conformance.test_rbac",
+                 *workers, in_repo=False)
+    text = output(result)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, text
+    assert "Traceback" not in text and "INTERNALERROR" not in text, text
+    outcomes = result.parseoutcomes()
+    assert outcomes["failed"] == 1 and outcomes["skipped"] > 0, outcomes  # the rbac tests are blocked
+    assert text.count("the broken cluster cannot be obtained") == 1, text
+    assert text.count("likely cause:") == 1, text
+    result.stdout.fnmatch_lines([
+        f"custom-ca: {SETUP_FAILED}; reported once as custom-ca::setup",
+        "*_ custom-ca::setup _*",
+        SETUP_FAILED,
+        "the broken cluster cannot be obtained",
+        "likely cause: none of the known causes *",
+        f"FAILED *custom-ca::setup - {SETUP_FAILED}",
+    ])
