@@ -4,8 +4,8 @@ import pytest
 
 from custom_ca_conformance.model.certificates import spiffe_namespace
 from custom_ca_conformance.model.messages import mismatch
-from custom_ca_conformance.model.pods import CERT_SIGNER_ENV, injected_signer
-from custom_ca_conformance.model.topology import ISTIOD_USER
+from custom_ca_conformance.model.names import CERT_SIGNER_ENV, ISTIOD_USER
+from custom_ca_conformance.model.pods import injected_signer
 from custom_ca_conformance.model.vocabulary import Stage
 
 # The CSR watch log is complete once workloads started, even if a signer never issued.

@@ -2,8 +2,9 @@
 
 import pytest
 
-from custom_ca_conformance.evidence.collection import ISTIOD_USER, istiod_may_approve
+from custom_ca_conformance.evidence.collection import istiod_may_approve
 from custom_ca_conformance.model.messages import mismatch
+from custom_ca_conformance.model.names import ISTIOD_USER
 from custom_ca_conformance.model.vocabulary import Stage
 
 # istiod's ClusterRole exists once Istio's objects are applied, whether or not istiod got ready.

@@ -8,9 +8,12 @@ import pytest
 
 from custom_ca_conformance import kube
 from custom_ca_conformance.model.messages import mismatch
-from custom_ca_conformance.model.topology import ISTIOD_SELECTOR, SIDECAR_CONTAINER
+from custom_ca_conformance.model.names import (
+    ISTIO_NAMESPACE,
+    ISTIOD_SELECTOR,
+    SIDECAR_CONTAINER,
+)
 from custom_ca_conformance.model.vocabulary import Stage, blocked_phase
-from custom_ca_conformance.render import templates
 from custom_ca_conformance.reports import rollout_summary
 
 pytestmark = pytest.mark.upgrade
@@ -60,8 +63,8 @@ def test_istiod_and_every_sidecar_run_the_new_istio(mesh, topology):
     tag = record["to_tag"]
     api = mesh.api_client
     images = {}
-    for pod in kube.list_pods(api, templates.ISTIO_NAMESPACE, ISTIOD_SELECTOR):
-        images[f"Pod {templates.ISTIO_NAMESPACE}/{pod['metadata']['name']}"] = [
+    for pod in kube.list_pods(api, ISTIO_NAMESPACE, ISTIOD_SELECTOR):
+        images[f"Pod {ISTIO_NAMESPACE}/{pod['metadata']['name']}"] = [
             c["image"] for c in pod["spec"]["containers"]]
     for workload in topology.workloads:
         for pod in kube.list_pods(api, workload.namespace, f"app={workload.name}"):

@@ -19,15 +19,19 @@ from pathlib import Path
 
 import pytest
 
-from custom_ca_conformance.cluster.contract import ProviderSettings
 from custom_ca_conformance.cluster import builtin_provider
+from custom_ca_conformance.cluster.contract import ProviderSettings
 from custom_ca_conformance.evidence import diagnoses
 from custom_ca_conformance.localplane import node
 from custom_ca_conformance.localplane.toolchain import cache_root
 from custom_ca_conformance.model import pki
 from custom_ca_conformance.model.errors import ProvisioningError
-from custom_ca_conformance.model.pods import INJECT_KEY
-from custom_ca_conformance.model.topology import CERT_MANAGER_NAMESPACE, ca_secret_name, default_topology, from_document
+from custom_ca_conformance.model.names import CERT_MANAGER_NAMESPACE, INJECT_KEY
+from custom_ca_conformance.model.topology import (
+    ca_secret_name,
+    default_topology,
+    from_document,
+)
 from custom_ca_conformance.model.vocabulary import Stage
 
 pytest_plugins = ("pytester",)

@@ -16,8 +16,15 @@ import yaml
 
 from custom_ca_conformance import kube
 from custom_ca_conformance.model.errors import ProvisioningError
+from custom_ca_conformance.model.names import CERT_MANAGER_NAMESPACE
 from custom_ca_conformance.model.ownership import MANAGED_BY, MANAGED_BY_LABEL
-from custom_ca_conformance.model.pki import cert_to_pem, issue_leaf, istio_style_csr, make_self_signed_ca, new_private_key
+from custom_ca_conformance.model.pki import (
+    cert_to_pem,
+    issue_leaf,
+    istio_style_csr,
+    make_self_signed_ca,
+    new_private_key,
+)
 from custom_ca_conformance.model.topology import from_document
 from custom_ca_conformance.render import templates
 
@@ -94,7 +101,7 @@ def test_rendered_custom_resources_are_accepted_once_their_crds_are_established(
     for crd in crds:
         kube.wait_crd_established(api, crd["metadata"]["name"], timeout=60)
     topology = _unique_topology()
-    control_plane.ensure_namespace(templates.CERT_MANAGER_NAMESPACE)
+    control_plane.ensure_namespace(CERT_MANAGER_NAMESPACE)
     kube.apply(api, templates.namespace_objects(topology))
     kube.apply(api, templates.signer_issuer_objects(topology) + templates.proxy_config_objects(topology))
     issuer = kube.dynamic_client(api).resources.get(api_version="cert-manager.io/v1", kind="ClusterIssuer")

@@ -12,9 +12,22 @@ import pytest
 
 from custom_ca_conformance.evidence import diagnoses
 from custom_ca_conformance.evidence.collection import parse_analyzer_output
-from custom_ca_conformance.evidence.diagnoses import blocking, checked, diagnose, injection_decline, server_mtls
-from custom_ca_conformance.model.evidence import AnalyzerMessage, DestinationRuleTls, Evidence, InjectorConfig, PeerAuthenticationPolicy, PodInjection
-from custom_ca_conformance.model.pods import INJECTION_STATUS_ANNOTATION
+from custom_ca_conformance.evidence.diagnoses import (
+    blocking,
+    checked,
+    diagnose,
+    injection_decline,
+    server_mtls,
+)
+from custom_ca_conformance.model.evidence import (
+    AnalyzerMessage,
+    DestinationRuleTls,
+    Evidence,
+    InjectorConfig,
+    PeerAuthenticationPolicy,
+    PodInjection,
+)
+from custom_ca_conformance.model.names import INJECTION_STATUS_ANNOTATION
 from custom_ca_conformance.model.topology import default_topology
 
 TOPOLOGY = default_topology()

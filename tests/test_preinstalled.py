@@ -13,16 +13,17 @@ import pytest
 import yaml
 
 from custom_ca_conformance import kube
-from custom_ca_conformance.cluster.contract import ProviderSettings
 from custom_ca_conformance.cluster import builtin_provider
+from custom_ca_conformance.cluster.contract import ProviderSettings
 from custom_ca_conformance.cluster.existing import ExistingCluster
 from custom_ca_conformance.cluster.provider import Provider
-from custom_ca_conformance.model.run_record import RunRecord
 from custom_ca_conformance.evidence import diagnoses
-from custom_ca_conformance.kube import cert_manager
 from custom_ca_conformance.install.checks import access_logging_gap
+from custom_ca_conformance.kube import cert_manager
 from custom_ca_conformance.model.errors import ProvisioningError
-from custom_ca_conformance.model.topology import CERT_MANAGER_NAMESPACE, ISTIO_NAMESPACE, ca_secret_name, default_topology
+from custom_ca_conformance.model.names import CERT_MANAGER_NAMESPACE, ISTIO_NAMESPACE
+from custom_ca_conformance.model.run_record import RunRecord
+from custom_ca_conformance.model.topology import ca_secret_name, default_topology
 
 pytestmark = pytest.mark.xdist_group("node")
 

@@ -10,8 +10,15 @@ import yaml
 from kubernetes.utils.quantity import parse_quantity
 
 from custom_ca_conformance.model.errors import ProvisioningError
+from custom_ca_conformance.model.names import ISTIOD_CLUSTER_ROLE
 from custom_ca_conformance.model.pki import make_self_signed_ca
-from custom_ca_conformance.model.topology import Role, Topology, default_topology, from_document, generated_topology
+from custom_ca_conformance.model.topology import (
+    Role,
+    Topology,
+    default_topology,
+    from_document,
+    generated_topology,
+)
 from custom_ca_conformance.render import templates
 
 
@@ -330,7 +337,7 @@ def _generate(istioctl: str, operator: dict, tmp_path) -> list[dict]:
 
 
 def _approve_rules(manifest: list[dict]) -> list[dict]:
-    [role] = [d for d in manifest if d["kind"] == "ClusterRole" and d["metadata"]["name"] == templates.ISTIOD_CLUSTER_ROLE]
+    [role] = [d for d in manifest if d["kind"] == "ClusterRole" and d["metadata"]["name"] == ISTIOD_CLUSTER_ROLE]
     return [r for r in role["rules"] if "signers" in r.get("resources", []) and "approve" in r.get("verbs", [])]
 
 
