@@ -24,7 +24,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from custom_ca_conformance.localplane.controlplane import SERVICE_ACCOUNT_ISSUER, start_control_plane
+from custom_ca_conformance.localplane.controlplane import start_control_plane
+from custom_ca_conformance.localplane.controlplane_config import SERVICE_ACCOUNT_ISSUER
 from custom_ca_conformance.localplane.images import binaries, cert_manager
 from custom_ca_conformance.localplane.processes import ProcessGroup
 

@@ -218,7 +218,7 @@ def test_pki_keeps_both_ca_keys_and_issues_the_apiservers_kubelet_client_certifi
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-    from custom_ca_conformance.localplane.controlplane import write_pki
+    from custom_ca_conformance.localplane.controlplane_config import write_pki
     from custom_ca_conformance.model import certificates
 
     files = write_pki(tmp_path, extra_ips=["198.18.0.1"])
@@ -236,7 +236,7 @@ def test_pki_keeps_both_ca_keys_and_issues_the_apiservers_kubelet_client_certifi
 
 
 def test_apiserver_bound_to_a_node_address_advertises_it_as_the_kubernetes_endpoint(tmp_path):
-    from custom_ca_conformance.localplane.controlplane import PkiFiles, apiserver_argv
+    from custom_ca_conformance.localplane.controlplane_config import PkiFiles, apiserver_argv
 
     files = PkiFiles.in_dir(tmp_path)
     on_node = apiserver_argv(Path("kube-apiserver"), files, "http://127.0.0.1:1", "https://198.18.0.1:6443", tmp_path)

@@ -103,7 +103,7 @@ def test_cni_chain_has_firewall_and_routes_only_the_benchmarking_range():
 def test_all_addresses_are_in_the_benchmarking_range():
     import ipaddress
 
-    from custom_ca_conformance.localplane.controlplane import SERVICE_CLUSTER_IP_RANGE, SERVICE_IP
+    from custom_ca_conformance.localplane.controlplane_config import SERVICE_CLUSTER_IP_RANGE, SERVICE_IP
 
     allowed = ipaddress.ip_network("198.18.0.0/15")
     networks = [cni.POD_CIDR, SERVICE_CLUSTER_IP_RANGE, cni.ROUTED_RANGE]
