@@ -130,3 +130,42 @@ def test_installing_the_project_adds_no_top_level_fixtures_package(tmp_path):
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, check=True).stdout.strip()
     assert seen == "absent" or LIBRARY not in Path(seen).parents, (
         f"`import fixtures` resolves to this project's {seen}: it would shadow PyPI's fixtures package")
+
+
+# Names of objects the suite does not own, and its own fixed names: each written in one module only.
+STATED_ONCE = {
+    "istiod": "model/names.py", "discovery": "model/names.py", "istio-proxy": "model/names.py",
+    "istio-system": "model/names.py", "istiod-clusterrole-istio-system": "model/names.py",
+    "istio": "model/names.py", "istio-sidecar-injector": "model/names.py", "istio-injection": "model/names.py",
+    "istio.io/rev": "model/names.py", "sidecar.istio.io/inject": "model/names.py",
+    "sidecar.istio.io/status": "model/names.py", "ISTIO_META_CERT_SIGNER": "model/names.py",
+    "proxyconfigs.networking.istio.io": "model/names.py", "istio.io/config=true": "model/names.py",
+    "cert-manager-webhook": "model/names.py", "cert-manager.io/v1": "model/names.py",
+    "clusterissuers.cert-manager.io": "model/names.py",
+    "ExperimentalCertificateSigningRequestControllers": "model/names.py",
+    "app.kubernetes.io/managed-by": "model/ownership.py", "custom-ca-conformance/run": "model/ownership.py",
+    "custom-ca::setup": "model/vocabulary.py", "ACK ERROR": "evidence/diagnoses/quoting.py",
+    "v1.21.2": "localplane/gobuild/pins.py", "1.30.3": "tools/downloads.py",
+}
+# The same words meaning something else, and why.
+ALSO_MEANING = {
+    ("istio-proxy", "localplane/images/recipes.py"): "the proxy image's Unix user, named so by Istio's Dockerfile",
+    ("istio-system", "model/topology.py"): "the Istio task's name for the default signer",
+    ("istio", "cluster/local.py"): "the versions entry of the Istio under test",
+    ("istio", "cluster/provider.py"): "the versions entry of the Istio under test",
+    ("istio", "cluster/releases.py"): "the versions entry of the Istio under test",
+    ("istio", "localplane/gobuild/pins.py"): "the Istio source tree's module directory",
+    ("istio", "localplane/toolchain.py"): "the cache folder of Istio builds",
+}
+
+
+def test_each_fixed_name_is_written_in_one_module():
+    found: dict[str, set[str]] = {value: set() for value in STATED_ONCE}
+    for path in SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in found:
+                found[node.value].add(str(path.relative_to(LIBRARY)))
+    wrong = {value: sorted(where) for value, where in found.items()
+             if {m for m in where if (value, m) not in ALSO_MEANING} != {STATED_ONCE[value]}}
+    assert not wrong, ("written outside the one module that names it (import the constant instead): "
+                       + "; ".join(f"{value!r} in {where}" for value, where in wrong.items()))
