@@ -17,12 +17,11 @@ from custom_ca_conformance.model.certificates import describe_cert, same_public_
 from custom_ca_conformance.model.chains import verify_workload_chain
 from custom_ca_conformance.model.messages import mismatch
 from custom_ca_conformance.model.vocabulary import Feature, Stage, declared_gap
-from custom_ca_conformance.probes.csr_contract import CONTRACT_EXPIRATION_SECONDS, ISTIO_USAGES, KEY_KINDS, CsrDriver, read_ca_bundle
+from custom_ca_conformance.probes.csr_contract import CONTRACT_EXPIRATION_SECONDS, FOREIGN_SIGNER, ISTIO_USAGES, KEY_KINDS, CsrDriver, read_ca_bundle
 
 pytestmark = [pytest.mark.signer, pytest.mark.requires(Stage.SIGNERS)]
 
 EXPIRATION_TOLERANCE = dt.timedelta(seconds=90)
-FOREIGN_SIGNER = "foreign.custom-ca-conformance.invalid/not-yours"
 BAD_DURATION_ANNOTATION = {"experimental.cert-manager.io/request-duration": "not-a-duration"}
 
 
@@ -55,12 +54,6 @@ def _issues_at_all(signer, profile, issued_certificates) -> bool:
     """Whether the signer issued the shared CSR of any key kind it supports (or supports none)."""
     kinds = [kind for kind in KEY_KINDS if profile.supports(Feature(kind))]
     return not kinds or any(issued_certificates(signer, kind).outcome.certificate_pem for kind in kinds)
-
-
-def _issues_unapproved(signer, profile, driver) -> bool:
-    """Whether the signer issues a CSR nobody approved or denied (watched ``observeSeconds``)."""
-    probe = driver.submit(signer.signer_name)
-    return driver.wait(probe, profile.observe_seconds).certificate_pem is not None
 
 
 def _parsed_chain(case):
@@ -141,34 +134,30 @@ def test_chain_verifies_to_the_published_ca_bundle(signer, signer_profile, signe
     )
 
 
-def test_unapproved_csr_is_not_issued(signer, signer_profile, driver):
-    csr = driver.submit(signer.signer_name)
-    outcome = driver.wait(csr, signer_profile.observe_seconds)
+def test_unapproved_csr_is_not_issued(signer, signer_profile, unissued_cases):
+    csr, outcome = unissued_cases.case(signer.signer_name, "unapproved")
     assert outcome.certificate_pem is None, mismatch(
         f"no certificate while the CSR is not approved (watched {signer_profile.observe_seconds:.0f}s)",
-        "status.certificate set", driver.describe(csr))
+        "status.certificate set", unissued_cases.driver.describe(csr))
 
 
-def test_denied_csr_is_not_issued(signer, signer_profile, driver):
-    csr = driver.submit(signer.signer_name)
-    driver.deny(csr)
-    outcome = driver.wait(csr, signer_profile.observe_seconds)
-    if outcome.certificate_pem is not None and _issues_unapproved(signer, signer_profile, driver):
+def test_denied_csr_is_not_issued(signer, signer_profile, unissued_cases):
+    csr, outcome = unissued_cases.case(signer.signer_name, "denied")
+    unapproved = unissued_cases.case(signer.signer_name, "unapproved")[1]
+    if outcome.certificate_pem is not None and unapproved.certificate_pem is not None:
         pytest.skip(f"{signer.signer_name} issues CSRs nobody approved, so it may have issued {csr.name} "
                     "before it was denied: see test_unapproved_csr_is_not_issued")
     assert outcome.certificate_pem is None, mismatch(
         f"no certificate for a Denied CSR (watched {signer_profile.observe_seconds:.0f}s)",
-        "status.certificate set", driver.describe(csr))
+        "status.certificate set", unissued_cases.driver.describe(csr))
 
 
-def test_csr_for_a_foreign_signer_is_ignored(signer_profile, driver):
-    csr = driver.submit(FOREIGN_SIGNER)
-    driver.approve(csr)
-    outcome = driver.wait(csr, signer_profile.observe_seconds)
+def test_csr_for_a_foreign_signer_is_ignored(signer_profile, unissued_cases):
+    csr, outcome = unissued_cases.case(FOREIGN_SIGNER, "approved")
     assert outcome.certificate_pem is None and not outcome.has_condition("Failed"), mismatch(
         f"a CSR for {FOREIGN_SIGNER} left untouched by the signers of {signer_profile.name}",
         f"conditions {outcome.conditions}, certificate {'set' if outcome.certificate_pem else 'empty'}",
-        driver.describe(csr))
+        unissued_cases.driver.describe(csr))
 
 
 @pytest.mark.requires(Feature.FAILED_CONDITION)

@@ -62,6 +62,18 @@ def local_provider_available() -> None:
 NODE_GROUP = "node"
 
 
+def is_node_module(module) -> bool:
+    marks = getattr(module, "pytestmark", [])
+    marks = marks if isinstance(marks, list) else [marks]
+    return any(m.name == "xdist_group" and m.args[:1] == (NODE_GROUP,) for m in marks)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The node modules last: xdist hands out tests in collection order, so a worker never waits for the
+    node lock while tests that need no node are still to run (the same order on every worker)."""
+    items.sort(key=lambda item: is_node_module(getattr(item, "module", None)))
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_node_module_at_a_time(request):
     """The modules that start this machine's one local node (marked ``xdist_group("node")``) take turns.
@@ -71,9 +83,7 @@ def one_node_module_at_a_time(request):
     node a live process owns instead of queueing for it. So each such module holds a file lock
     from its first fixture to its last teardown, module-scoped nodes included.
     """
-    marks = getattr(request.module, "pytestmark", [])
-    marks = marks if isinstance(marks, list) else [marks]
-    if not any(m.name == "xdist_group" and m.args[:1] == (NODE_GROUP,) for m in marks):
+    if not is_node_module(request.module):
         yield
         return
     root = toolchain.cache_root()
