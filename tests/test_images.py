@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import tarfile
 import time
 from pathlib import Path
@@ -213,12 +214,13 @@ def test_parse_images_ls():
 
 
 @pytest.fixture
-def throwaway_containerd(tmp_path):
+def throwaway_containerd():
     """A containerd of our own (root/state/socket under tmp, CRI off), stopped and unmounted after."""
     if os.geteuid() != 0 or not shutil.which("containerd") or not shutil.which("ctr"):
         pytest.skip("needs root and the Debian package `containerd` (containerd + ctr)")
-    base = tmp_path / "containerd"
-    base.mkdir()
+    # Short, not under tmp_path: containerd refuses a socket path over 104 bytes, which pytest's
+    # base temp reaches under xdist once its run counter has three digits.
+    base = Path(tempfile.mkdtemp(prefix="ccc-containerd-"))
     socket = base / "containerd.sock"
     config = base / "config.toml"
     config.write_text(
@@ -231,9 +233,15 @@ def throwaway_containerd(tmp_path):
     process = subprocess.Popen(["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)
     try:
-        Retrying(stop=stop_after_delay(20), wait=wait_fixed(0.1), retry=retry_if_result(lambda ok: not ok))(
+        answers = Retrying(stop=stop_after_delay(20), wait=wait_fixed(0.1), retry=retry_if_result(lambda ok: not ok),
+                           retry_error_callback=lambda state: False)(
             lambda: socket.exists() and subprocess.run(
                 ["ctr", "--address", str(socket), "version"], capture_output=True, check=False).returncode == 0)
+        if not answers:
+            seen = subprocess.run(["ctr", "--address", str(socket), "version"], capture_output=True, text=True,
+                                  check=False)
+            pytest.fail(f"containerd at {socket} did not answer `ctr version` within 20 s: {seen.stderr.strip()}; "
+                        f"its log ends: {(base / 'containerd.log').read_text()[-1500:]}", pytrace=False)
         yield socket
     finally:
         process.terminate()
@@ -247,6 +255,7 @@ def throwaway_containerd(tmp_path):
             target = line.split()[1]
             if target.startswith(str(base)):
                 subprocess.run(["umount", "-l", target], check=False)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_archive_imports_into_containerd_under_its_full_reference(tmp_path, throwaway_containerd):
