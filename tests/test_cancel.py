@@ -367,8 +367,22 @@ def test_a_node_left_by_a_killed_run_is_removed_by_the_stop_command(local_provid
     _assert_nothing_left(node_dir, killed)
 
 
-def test_a_node_owned_by_a_live_run_is_refused_and_the_stop_command_ends_that_run(local_provider_available, tmp_path):
-    owner = LiveRun(tmp_path / "owner")
+# Keeps a live run in its first test until it is signalled: how long a whole run lasts is not the test's business.
+HOLD_PLUGIN = """
+import time
+
+
+def pytest_runtest_call(item):
+    time.sleep(3600)
+"""
+
+
+def test_a_node_owned_by_a_live_run_is_refused_and_the_stop_command_ends_that_run(local_provider_available, tmp_path,
+                                                                                 monkeypatch):
+    (tmp_path / "hold_plugin.py").write_text(HOLD_PLUGIN)
+    with monkeypatch.context() as only_for_the_owner:
+        only_for_the_owner.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        owner = LiveRun(tmp_path / "owner", "-p", "hold_plugin")
     owner.wait_for(NODE_READY)
     node_dir = owner.node_dir()
 
