@@ -178,7 +178,7 @@ def test_stop_with_nothing_recorded_says_so(own_cache, command):
 
 # --- a real local run, signalled ------------------------------------------------------------------
 
-NODE_READY = re.compile(r"custom-ca: node \S+ Ready and DNS answering")
+NODE_READY = re.compile(r"custom-ca: node \S+ Ready in")
 A_TEST_DONE = re.compile(r" (PASSED|FAILED|SKIPPED|ERROR)\b")
 NODE_DIR = re.compile(r"\(logs in (/\S+)/logs\)")
 RUN_TIMEOUT = 900
