@@ -36,6 +36,7 @@ def bare_node(local_provider_available, tmp_path_factory):
                                                        workdir=tmp_path_factory.mktemp("node") / "work"))
     local.check_requirements()
     local.adapter.obtain(local.new_record)
+    local.adapter.node.wait_ready()  # settled: what the controllers make at start is in `before`
     try:
         yield local, local.adapter.node
     finally:
