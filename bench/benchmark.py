@@ -9,12 +9,14 @@ Figures (each measured here unless the note says otherwise):
   ``CUSTOM_CA_CONFORMANCE_CACHE`` and ``GOCACHE`` (``--cold``; about 15 minutes on 2 cores).
   Module downloads stay cached (``GOMODCACHE`` is kept): they are network time, not build
   time. Without ``--cold`` the figure recorded in the existing toolchain's ``complete.json``;
-* node ready, and the first and last workload certificate, as recorded by the local
-  provider in its state (``timings``, seconds since ``provision()`` began), and the memory
-  of each sidecar's Envoy and pilot-agent when provisioning finished;
-* conformance wall time: ``python -m pytest conformance --custom-ca-cluster local`` serially and
-  with ``-n 2``, and a 10-tenant topology (100 pairs) with ``-n 2`` (``--skip-scale``
-  leaves that out).
+* the phases of each conformance run (``-n 2``): getting the cluster (the node), installing,
+  the tests, teardown, and the rest (Python, pytest and xdist start-up), as the run records
+  them in its state (``timings``), beside the wall time of the command:
+  the default topology on a fresh node; a ``--custom-ca-keep-cluster`` run, then a full rerun
+  on the kept cluster and a ``-k foo-to-bar`` rerun (serial: one pair); 10 and 30 tenants
+  (100 and 900 pairs; ``--skip-scale`` leaves them out). Then the ratios the project aims at:
+  kept full rerun / first run, 10 tenants / default;
+* the memory of each sidecar's Envoy and pilot-agent when provisioning finished.
 
 A failing pytest run, a failing build or a process left running fails the benchmark
 (non-zero exit). Everything goes to temporary directories that are removed at the end.
@@ -47,8 +49,8 @@ from custom_ca_conformance.localplane.processes import stop_from_pid_file
 from custom_ca_conformance.model.run_record import RunRecord
 from custom_ca_conformance.model.topology import default_topology, generated_topology
 
-SCALE_TENANTS = 10
-PYTEST_BASE = ["-m", "pytest", "conformance", "--custom-ca-cluster", "local", "-q", "-p", "no:cacheprovider"]
+SCALE_TENANTS = (10, 30)
+PYTEST_BASE = ["-m", "pytest", "--pyargs", "custom_ca_conformance.conformance", "--custom-ca-cluster", "local", "-q", "-p", "no:cacheprovider"]
 OUTCOME_WORDS = ("passed", "failed", "skipped", "error", "errors", "xfailed", "xpassed", "deselected")
 
 
@@ -180,6 +182,10 @@ def _per_binary(per_binary: dict) -> str:
 
 # --- pytest runs ---------------------------------------------------------------------------
 
+PHASES = (("cluster", "cluster_seconds"), ("install", "install_seconds"), ("tests", "tests_seconds"),
+          ("teardown", "teardown_seconds"))
+KEEP = "--custom-ca-keep-cluster"
+
 
 @dataclass
 class PytestRun:
@@ -192,9 +198,14 @@ class PytestRun:
     timings: dict = field(default_factory=dict)
     rss: dict = field(default_factory=dict)
 
+    @property
+    def rest(self) -> float:
+        """Wall time outside the recorded phases: interpreter, pytest, plugin and xdist start-up and exit."""
+        return self.seconds - sum(self.timings.get(key) or 0 for _, key in PHASES)
+
 
 def run_conformance(label: str, extra: list[str], pairs: int) -> PytestRun:
-    workdir = temp_dir(label)
+    workdir = temp_dir(label.split(",")[0].replace(" ", "-"))
     output = workdir.parent / f"{workdir.name}.log"
     argv = [sys.executable, *PYTEST_BASE, *extra, "--custom-ca-workdir", str(workdir)]
     run = PytestRun(label, argv, pairs)
@@ -206,7 +217,7 @@ def run_conformance(label: str, extra: list[str], pairs: int) -> PytestRun:
         document = json.loads(state_file.read_text()).get("state") if state_file.exists() else None
         record = RunRecord.from_dict(document) if document else None
         check_nothing_left(workdir, f"pytest ({label})")
-        if record and record.node_workdir:  # the local node lives in a short temp dir of its own
+        if record and record.node_workdir and KEEP not in extra:  # a kept node runs on, as asked
             check_nothing_left(Path(record.node_workdir), f"pytest ({label}), its node")
         if code != 0 or run.counts.get("failed") or run.counts.get("error") or run.counts.get("errors"):
             raise BenchmarkError(f"pytest ({label}) exited {code}: {run.summary or 'no summary line'}\n"
@@ -217,6 +228,14 @@ def run_conformance(label: str, extra: list[str], pairs: int) -> PytestRun:
         shutil.rmtree(workdir, ignore_errors=True)
         output.unlink(missing_ok=True)
     return run
+
+
+def stop_kept_node() -> None:
+    """What the kept-cluster runs left: ``custom-ca-conformance-node stop``."""
+    result = subprocess.run([sys.executable, "-m", "custom_ca_conformance.localplane.node", "stop"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BenchmarkError(f"stopping the kept node exited {result.returncode}: {result.stdout}{result.stderr}")
 
 
 def _summary_line(text: str) -> str:
@@ -236,41 +255,28 @@ def _counts_note(run: PytestRun) -> str:
     return f"{counts}; {run.pairs} pairs"
 
 
-def conformance_figures(runs: list[PytestRun]) -> list[Figure]:
-    figures = []
+def phase_table(runs: list[PytestRun]) -> list[str]:
+    """One line per run: wall time, then each phase (``-`` where the run recorded none)."""
+    names = [name for name, _ in PHASES] + ["rest"]
+    width = max(len(run.label) for run in runs)
+    lines = [f"{'run':<{width}}  {'wall':>8}  " + "  ".join(f"{name:>8}" for name in names) + "  tests run",
+             f"{'-' * width}  {'-' * 8}  " + "  ".join("-" * 8 for _ in names) + "  ---------"]
     for run in runs:
-        workers = "-n 2" if "-n" in run.argv else "serial"
-        name = (f"{SCALE_TENANTS}-tenant topology ({workers})" if "--custom-ca-tenants" in run.argv
-                else f"conformance wall time ({workers})")
-        figures.append(Figure(name, run.seconds, _counts_note(run),
-                              {"argv": run.argv[1:], "summary": run.summary, "timings": run.timings}))
-    return figures
+        cells = [fmt_seconds(run.timings.get(key)) for _, key in PHASES] + [fmt_seconds(run.rest)]
+        lines.append(f"{run.label:<{width}}  {fmt_seconds(run.seconds):>8}  "
+                     + "  ".join(f"{cell:>8}" for cell in cells) + f"  {_counts_note(run)}")
+    return lines
 
 
-def provisioning_figures(run: PytestRun, other: PytestRun, scale: PytestRun | None) -> list[Figure]:
-    """From the serial run's timings; ``other`` (same topology, -n 2) shows the run-to-run spread."""
-    timings, again = run.timings, other.timings
-    if not timings:
-        raise BenchmarkError(f"pytest ({run.label}) left no timings in state.json: "
-                             "fixtures/cluster/local.py records them in the run record's timings")
-    figures = [
-        Figure("node ready (control plane, kubelet, DNS)", timings.get("dns_ready_seconds"),
-               f"control plane at {timings.get('control_plane_seconds')} s, Node Ready at "
-               f"{timings.get('node_ready_seconds')} s (-n 2 run: {again.get('dns_ready_seconds')} s)"),
-        Figure("time to first workload certificate", timings.get("first_certificate_seconds"),
-               f"from provision() start: cert-manager, signers, istioctl install, workloads; last of "
-               f"{len(default_topology().workloads)} at {timings.get('last_certificate_seconds')} s "
-               f"(-n 2 run: {again.get('first_certificate_seconds')} s)"),
-        Figure("full provisioning", timings.get("provision_seconds"),
-               f"node, cert-manager, Istio, injected workloads, every tenant's CSR issued "
-               f"(-n 2 run: {again.get('provision_seconds')} s)"),
-    ]
-    if scale is not None and scale.timings:
-        t = scale.timings
-        figures.append(Figure(f"full provisioning, {SCALE_TENANTS} tenants", t.get("provision_seconds"),
-                              f"first certificate at {t.get('first_certificate_seconds')} s, last of "
-                              f"{len(generated_topology(SCALE_TENANTS).workloads)} at "
-                              f"{t.get('last_certificate_seconds')} s"))
+def ratio_figures(by_label: dict[str, PytestRun]) -> list[Figure]:
+    """The aims of the project's speed issue, from runs of this one benchmark."""
+    figures = []
+    for name, part, whole, aim in (("kept full rerun / first kept run", "kept, full rerun", "kept, first run", "0.25"),
+                                   ("10 tenants / default", "10 tenants", "default", "1.5")):
+        if part in by_label and whole in by_label:
+            ratio = by_label[part].seconds / by_label[whole].seconds
+            figures.append(Figure(name, ratio, f"{by_label[part].seconds:.1f} s / {by_label[whole].seconds:.1f} s "
+                                               f"(aim: at most {aim})", unit="x"))
     return figures
 
 
@@ -303,17 +309,38 @@ def environment() -> dict:
     }
 
 
-def print_table(figures: list[Figure], env: dict) -> None:
+def print_table(figures: list[Figure], env: dict, runs: list[PytestRun]) -> None:
     print(f"custom-ca-conformance benchmark: {env['cpus']} CPUs {env['machine']}, Python {env['python']}, "
           f"{env['go']}, Kubernetes {env['kubernetes']}, istio {env['istio']}, "
           f"load average {env['load_average_at_start']} at start")
     width = max(len(f.name) for f in figures)
-    values = [fmt_seconds(f.seconds) if f.unit == "s" else f"{f.seconds:.0f} {f.unit}" for f in figures]
+    values = [fmt_seconds(f.seconds) if f.unit == "s" else f"{f.seconds:.2f}{f.unit}" if f.unit == "x"
+              else f"{f.seconds:.0f} {f.unit}" for f in figures]
     value_width = max(len(v) for v in values)
     print(f"{'figure':<{width}}  {'value':>{value_width}}  note")
     print(f"{'-' * width}  {'-' * value_width}  {'-' * 4}")
     for figure, value in zip(figures, values):
         print(f"{figure.name:<{width}}  {value:>{value_width}}  {figure.note}")
+    print()
+    print("conformance runs (-n 2, the -k run serial), phases as each run recorded them:")
+    print("\n".join(phase_table(runs)))
+
+
+def conformance_runs(skip_scale: bool) -> list[PytestRun]:
+    """The default run, the kept-cluster runs (the kept node stopped after them, also on failure), the scale runs."""
+    pairs = len(default_topology().pairs())
+    runs = [run_conformance("default", ["-n", "2"], pairs)]
+    try:
+        runs.append(run_conformance("kept, first run", ["-n", "2", KEEP], pairs))
+        runs.append(run_conformance("kept, full rerun", ["-n", "2", KEEP], pairs))
+        runs.append(run_conformance("kept, -k foo-to-bar", [KEEP, "-k", "foo-to-bar"], 1))
+    finally:
+        stop_kept_node()
+    if not skip_scale:
+        for tenants in SCALE_TENANTS:
+            runs.append(run_conformance(f"{tenants} tenants", ["--custom-ca-tenants", str(tenants), "-n", "2"],
+                                        len(generated_topology(tenants).pairs())))
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure a cold toolchain build (about 15 minutes on 2 cores); "
                              "default: show the one recorded in the toolchain's complete.json")
     parser.add_argument("--skip-scale", action="store_true",
-                        help=f"leave out the {SCALE_TENANTS}-tenant topology run")
+                        help="leave out the 10- and 30-tenant topology runs")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     args = parser.parse_args(argv)
 
@@ -331,23 +358,17 @@ def main(argv: list[str] | None = None) -> int:
         env = environment()
         figures = [setup_warm()]
         figures.append(toolchain_cold() if args.cold else toolchain_cold_recorded())
-        pairs = len(default_topology().pairs())
-        runs = [run_conformance("serial", [], pairs), run_conformance("n2", ["-n", "2"], pairs)]
-        scale = None
-        if not args.skip_scale:
-            scale = run_conformance("scale", ["--custom-ca-tenants", str(SCALE_TENANTS), "-n", "2"],
-                                    len(generated_topology(SCALE_TENANTS).pairs()))
-            runs.append(scale)
-        figures += provisioning_figures(runs[0], runs[1], scale)
+        runs = conformance_runs(args.skip_scale)
         figures.append(sidecar_memory_figure(runs[0]))
-        figures += conformance_figures(runs)
+        figures += ratio_figures({run.label: run for run in runs})
     except (BenchmarkError, toolchain_module.ToolchainError) as exc:
         print(f"bench: FAILED: {exc}", file=sys.stderr)
         return 1
     log(f"benchmark done in {time.monotonic() - started:.0f}s")
-    print_table(figures, env)
+    print_table(figures, env, runs)
     if args.json:
-        document = {"environment": env, "figures": [asdict(f) for f in figures]}
+        document = {"environment": env, "figures": [asdict(f) for f in figures],
+                    "runs": [asdict(run) | {"rest_seconds": round(run.rest, 2)} for run in runs]}
         Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
     return 0
 

@@ -1,0 +1,67 @@
+"""--custom-ca-keep-cluster on the real local node: the next run reuses the install while nothing changed.
+
+They need root and the built toolchain and images (``python -m custom_ca_conformance.localplane.machine_setup``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from kubernetes import client, config
+
+from custom_ca_conformance.localplane import node
+from custom_ca_conformance.localplane.toolchain import CACHE_ENV, cache_root
+from custom_ca_conformance.plugin.session import STATE_ENV
+
+# One node per machine: keep these with the node self-tests on one xdist worker.
+pytestmark = pytest.mark.xdist_group("node")
+
+CACHE_ROOT = cache_root()
+CLUSTER = "custom-ca-kept-selftest"
+
+
+def kept_run(directory, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k != STATE_ENV and not k.startswith("PYTEST_XDIST")}
+    env[CACHE_ENV] = str(CACHE_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--pyargs", "custom_ca_conformance.conformance", "--custom-ca-cluster",
+         "local", "--custom-ca-keep-cluster", "--custom-ca-cluster-name", CLUSTER, "-k", "foo-to-bar",
+         "--custom-ca-workdir", str(directory / "work"), "-p", "no:cacheprovider", *args],
+        cwd=directory, env=env, capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.OK, output[-4000:]
+    return output
+
+
+@pytest.fixture
+def stopped_at_the_end():
+    yield
+    stop = subprocess.run([sys.executable, "-m", "custom_ca_conformance.localplane.node", "stop"],
+                          capture_output=True, text=True, timeout=300)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert node.machine_owner() is None
+
+
+def test_node_a_kept_install_is_reused_until_something_it_rests_on_changes(local_provider_available, tmp_path,
+                                                                             stopped_at_the_end):
+    first = kept_run(tmp_path / "first")
+    assert "reusing the install" not in first and "not reusing" not in first, first[-3000:]
+
+    second = kept_run(tmp_path / "second")
+    assert "reusing the install kept by run " in second and "nothing it rests on changed" in second, second[-3000:]
+    assert "installing Istio" not in second, second[-3000:]
+
+    state = json.loads((tmp_path / "second" / "work" / "state.json").read_text())["state"]
+    with config.new_client_from_config(config_file=state["kubeconfig"]) as api:
+        core = client.CoreV1Api(api)
+        pod = core.list_namespaced_pod("bar", label_selector="app=curl").items[0].metadata.name
+        core.delete_namespaced_pod(pod, "bar")
+
+    third = kept_run(tmp_path / "third")
+    reason = next((line for line in third.splitlines() if "not reusing the install kept by run" in line), "")
+    assert "bar/curl" in reason and "installing again" in reason, third[-3000:]
+    assert "installing Istio" in third, third[-3000:]
