@@ -25,6 +25,7 @@ CLUSTER = "custom-ca-kept-selftest"
 
 
 def kept_run(directory, *args: str) -> str:
+    directory.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k != STATE_ENV and not k.startswith("PYTEST_XDIST")}
     env[CACHE_ENV] = str(CACHE_ROOT)
     result = subprocess.run(
