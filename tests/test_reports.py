@@ -621,9 +621,10 @@ def test_probe_fixture_and_session_facts_make_the_report(run, pytester):
             "setup_failure": None, "evidence_dir": None}
 
         class FakeMesh:
-            def probe(self, pair):
-                outcome = Outcome.OK if pair.same_signer else Outcome.CONNECTION_FAILURE
-                return ProbeResult(pair, Classification(outcome, f"{outcome.value} reason", "fake log"))
+            def probe_all(self, pairs):
+                return {pair.id: ProbeResult(pair, Classification(
+                    outcome := Outcome.OK if pair.same_signer else Outcome.CONNECTION_FAILURE,
+                    f"{outcome.value} reason", "fake log")) for pair in pairs}
 
         @pytest.fixture(scope="session")
         def mesh():

@@ -71,6 +71,38 @@ def test_curl_command_passes_url_as_an_argument_not_in_the_script():
     assert "--max-time 10" in command[2] and '-w "%{http_code}"' in command[2]
 
 
+BATCH_FAKE_CURL = textwrap.dedent("""\
+    #!/bin/sh
+    out=""; url=""
+    while [ $# -gt 0 ]; do
+      case "$1" in -o) out="$2"; shift;; -w|--max-time) shift;; -*) ;; *) url="$1";; esac
+      shift
+    done
+    case "$url" in
+      *fail*) echo "curl: (7) Failed to connect" >&2; printf '000'; exit 7;;
+      *) printf 'line one\\nurl %s' "$url" > "$out"; printf '200'; exit 0;;
+    esac
+""")
+
+
+def test_the_batch_probe_runs_every_request_and_reports_each_apart(tmp_path):
+    (tmp_path / "curl").write_text(BATCH_FAKE_CURL)
+    (tmp_path / "curl").chmod(0o755)
+    urls = ["http://httpbin.foo:8000/headers?probe=a", "http://httpbin.bar:8000/fail", "http://x/'$(reboot)'"]
+    command = sidecar.batch_curl_command("sentinel-1", urls)
+    assert command[:2] == ["sh", "-c"] and command[-3:] == urls and "reboot" not in command[2]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+
+    ok, failed, odd = sidecar.split_batch_output(result.stdout, "sentinel-1", 3)
+    assert ok == sidecar.CurlOutput(0, 200, f"line one\nurl {urls[0]}", "")
+    assert failed == sidecar.CurlOutput(7, None, "", "curl: (7) Failed to connect\n")
+    assert odd.body == f"line one\nurl {urls[2]}" and odd.status == 200
+    assert sidecar.split_batch_output("", "sentinel-1", 1) == [
+        sidecar.CurlOutput(None, None, "", "no output for this request")]
+
+
 # --- XFCC ------------------------------------------------------------------------------------------
 
 XFCC = f'By={FOO_HTTPBIN};Hash=abc123;Subject="";URI={FOO_CURL}'
