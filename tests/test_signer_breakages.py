@@ -15,7 +15,6 @@ others. Skipped when kube-apiserver/etcd are not built (``python -m custom_ca_co
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ import pytest
 import yaml
 
 from custom_ca_conformance.localplane.processes import ProcessGroup
+from custom_ca_conformance.process.environment import environ_copy
 from custom_ca_conformance.signer import Breakage, start_reference_signer
 
 pytestmark = pytest.mark.xdist_group("signer-breakages")
@@ -219,7 +219,7 @@ def contract_argv(kubeconfig: Path, profile: Path, junit: Path, workdir: Path) -
 
 def _child_env(tmpdir: Path) -> dict[str, str]:
     """Ours, without what would make the inner pytest act as an xdist worker or pick another cluster."""
-    env = {key: value for key, value in os.environ.items()
+    env = {key: value for key, value in environ_copy().items()  # called from the variants' threads
            if not key.startswith(("PYTEST_", "CUSTOM_CA_CONFORMANCE_")) and key != "KUBECONFIG"}
     env["TMPDIR"] = str(tmpdir)
     env["PYTHONDONTWRITEBYTECODE"] = "1"
