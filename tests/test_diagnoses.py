@@ -152,9 +152,11 @@ def test_evidence_with_nothing_collected_gives_no_diagnosis():
     assert found == [], f"expected [] when nothing was collected, seen {_named(found)}"
 
 
-# A mesh's mTLS policy and the analyzer's words explain failed tests; provisioning never waits on them.
+# A mesh's mTLS policy and the analyzer's words explain failed tests, and a container that restarted fewer
+# times than a crash loop may still come up; provisioning never waits on them.
 NON_BLOCKING = {diagnoses.KIND_PEER_AUTHENTICATION_DISABLED, diagnoses.KIND_DESTINATION_RULE_NOT_ISTIO_MUTUAL,
-                diagnoses.KIND_TRAFFIC_BYPASSES_SIDECAR, diagnoses.KIND_ISTIO_ANALYZER}
+                diagnoses.KIND_TRAFFIC_BYPASSES_SIDECAR, diagnoses.KIND_ISTIO_ANALYZER,
+                diagnoses.KIND_WORKLOAD_CONTAINER_RESTARTED}
 
 
 def test_every_kind_has_a_distinct_constant_and_blocks_unless_it_only_explains_tests():

@@ -241,6 +241,23 @@ def test_a_workload_whose_pod_declines_injection_is_named_at_once(local_provider
     assert str(error).startswith("stopped while"), f"expected the wait to stop on the verdict, seen: {error}"
 
 
+def test_a_workload_container_the_node_cannot_start_is_named_at_once(local_provider_available, tmp_path):
+    """foo's httpbin asks for an image the node does not hold, with pull policy Never (nothing is fetched)."""
+    def fault(kind, value):
+        if kind == "workloads":
+            deployment = next(o for o in value if o["kind"] == "Deployment"
+                              and o["metadata"]["namespace"] == "foo" and o["metadata"]["name"] == "httpbin")
+            container = deployment["spec"]["template"]["spec"]["containers"][0]
+            container["image"] = container["image"].rpartition(":")[0] + ":absent-from-the-node"
+            container["imagePullPolicy"] = "Never"
+
+    error = provision_with_fault(tmp_path, fault)
+    assert (diagnoses.KIND_WORKLOAD_CONTAINER_FAILING, "foo/httpbin") in named(error), explain(error)
+    failing = next(d for d in error.diagnoses if d.kind == diagnoses.KIND_WORKLOAD_CONTAINER_FAILING)
+    assert "container httpbin of foo/httpbin cannot start: ErrImageNeverPull" in failing.cause, failing.cause
+    assert str(error).startswith("stopped while"), f"expected the wait to stop on the verdict, seen: {error}"
+
+
 MTLS_FAULT_PLUGIN = textwrap.dedent('''
     def pytest_custom_ca_adjust(kind, value, config):
         """Plaintext on every path: foo's PeerAuthentication DISABLE, a DestinationRule DISABLE to bar, bar's curl
