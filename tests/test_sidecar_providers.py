@@ -103,6 +103,32 @@ def test_the_batch_probe_runs_every_request_and_reports_each_apart(tmp_path):
         sidecar.CurlOutput(None, None, "", "no output for this request")]
 
 
+COUNTING_FAKE_CURL = textwrap.dedent("""\
+    #!/bin/sh
+    # Notes how many requests are in flight while this one is (a file per request in $INFLIGHT).
+    touch "$INFLIGHT/$$"; sleep 0.3; ls "$INFLIGHT" | wc -l >> "$INFLIGHT.seen"; rm "$INFLIGHT/$$"
+    printf '200'
+""")
+
+
+def test_the_batch_probe_keeps_at_most_requests_at_once_in_flight(tmp_path):
+    (tmp_path / "curl").write_text(COUNTING_FAKE_CURL)
+    (tmp_path / "curl").chmod(0o755)
+    inflight = tmp_path / "inflight"
+    inflight.mkdir()
+    count = sidecar.REQUESTS_AT_ONCE * 2 + 3
+    urls = [f"http://httpbin.t{i}:8000/headers" for i in range(count)]
+    result = subprocess.run(sidecar.batch_curl_command("s", urls), capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}",
+                                 "INFLIGHT": str(inflight)})
+    assert result.returncode == 0, result.stderr
+    seen = [int(n) for n in (tmp_path / "inflight.seen").read_text().split()]
+    assert len(seen) == count and max(seen) <= sidecar.REQUESTS_AT_ONCE, (
+        f"expected {count} requests, at most {sidecar.REQUESTS_AT_ONCE} at once; seen in flight {seen}")
+    assert max(seen) > 1, f"expected requests side by side, seen {seen}"
+    assert [o.status for o in sidecar.split_batch_output(result.stdout, "s", count)] == [200] * count
+
+
 # --- XFCC ------------------------------------------------------------------------------------------
 
 XFCC = f'By={FOO_HTTPBIN};Hash=abc123;Subject="";URI={FOO_CURL}'

@@ -52,8 +52,8 @@ def test_a_crash_looping_sidecar_is_named_with_its_previous_lines_and_stops_the_
                        message="back-off 40s restarting failed container=istio-proxy", last="Error", code=255))
     health = workload_pod_health(pod, "httpbin")
     proxy = dataclasses.replace(health.containers[1], previous_log=(
-        "2026-12-07T16:00:01Z info Envoy proxy is NOT ready: config not received from XDS server (is Istiod running?)",
-        "2026-12-07T16:00:02Z error failed to start envoy: exit status 255"))
+        "2026-12-07T16:00:01Z\tinfo\tEnvoy proxy is NOT ready: config not received from XDS server (is Istiod running?)",
+        "2026-12-07T16:00:02Z\terror\tfailed to start envoy: exit status 255"))
     evidence = _evidence(dataclasses.replace(
         health, containers=(health.containers[0], proxy),
         warnings=("BackOff: Back-off restarting failed container istio-proxy in pod httpbin-5d8f7c9b6-x2x7q (x7)",)))
@@ -61,8 +61,8 @@ def test_a_crash_looping_sidecar_is_named_with_its_previous_lines_and_stops_the_
     crashed = _only(found, diagnoses.KIND_WORKLOAD_CONTAINER_FAILING)
     assert crashed.subject == "bar/httpbin", crashed.subject
     assert crashed.cause == ("the sidecar (istio-proxy) of bar/httpbin restarted 4 times, now CrashLoopBackOff, "
-                             "its last run ended Error (exit code 255)"), crashed.cause
-    assert "2026-12-07T16:00:02Z error failed to start envoy: exit status 255" in crashed.evidence, crashed.evidence
+                             "its last run ended Error (exit code 255): failed to start envoy: exit status 255"), crashed.cause
+    assert "2026-12-07T16:00:02Z\terror\tfailed to start envoy: exit status 255" in crashed.evidence, crashed.evidence
     assert any(line.startswith("BackOff: Back-off restarting") for line in crashed.evidence), crashed.evidence
     assert "logs httpbin-5d8f7c9b6-x2x7q -c istio-proxy --previous" in crashed.look_at, crashed.look_at
     assert blocking(found) == crashed
@@ -98,3 +98,23 @@ def test_a_native_sidecar_is_read_from_the_init_containers():
 def test_what_was_checked_counts_the_workload_containers():
     lines = checked(TOPOLOGY, _evidence())
     assert "workload containers: 4 Pods, none restarted or failing to start" in lines, lines
+
+
+def test_a_sidecar_that_exits_for_want_of_inotify_instances_names_the_node_setting():
+    """pilot-agent's own lines (tenant21 of a 30-tenant run on a node with Linux's default 128 instances)."""
+    pod = _pod("bar", "httpbin", _status("httpbin"),
+               _status("istio-proxy", ready=False, restarts=3, waiting="CrashLoopBackOff", last="Error", code=255))
+    health = workload_pod_health(pod, "httpbin")
+    log = ("2026-12-07T16:31:42.372187Z\tinfo\tStarting default Istio SDS Server",
+           "2026-12-07T16:31:42.372398Z\tinfo\tOpening status port 15020",
+           "Error: failed to start default Istio SDS server: failed to start workload secret manager couldn't "
+           "initialize inotify: too many open files",
+           "2026-12-07T16:31:42.372706Z\terror\tfailed to start default Istio SDS server: failed to start workload "
+           "secret manager couldn't initialize inotify: too many open files")
+    proxy = dataclasses.replace(health.containers[1], previous_log=log)
+    found = diagnose(TOPOLOGY, _evidence(dataclasses.replace(health, containers=(health.containers[0], proxy))))
+    crashed = _only(found, diagnoses.KIND_WORKLOAD_CONTAINER_FAILING)
+    assert crashed.cause.endswith(": failed to start default Istio SDS server: failed to start workload secret "
+                                  "manager couldn't initialize inotify: too many open files"), crashed.cause
+    assert crashed.evidence[1:3] == log[2:], crashed.evidence
+    assert "sysctl -w fs.inotify.max_user_instances=1024" in crashed.fix, crashed.fix
