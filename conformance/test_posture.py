@@ -9,14 +9,13 @@ a closed one passes. Run it alone with ``-m posture``.
 """
 
 import pytest
-from kubernetes import client as k8s
 
 from custom_ca_conformance import kube
 from custom_ca_conformance.model.certificates import describe_cert
 from custom_ca_conformance.model.chains import verify_workload_chain
 from custom_ca_conformance.model.messages import mismatch
 from custom_ca_conformance.model.outcomes import Outcome, describe
-from custom_ca_conformance.probes.posture import chooser_deployment, chooser_pair, signer_choice_pair
+from custom_ca_conformance.probes.posture import apply_chooser, chooser_pair, signer_choice_pair
 
 pytestmark = pytest.mark.posture
 
@@ -32,12 +31,9 @@ def test_a_workload_cannot_obtain_another_tenants_signer(mesh, topology, request
     pair = signer_choice_pair(topology)
     if pair is None:
         pytest.skip("declared gap: the topology has no two tenants with different signers")
-    probe_pair = chooser_pair(pair)
     api = mesh.api_client
-    original = api.sanitize_for_serialization(
-        k8s.AppsV1Api(api).read_namespaced_deployment(pair.client.name, pair.client.namespace))
-    chooser = chooser_deployment(original, pair.server_signer)
-    kube.apply(api, [chooser])
+    probe_pair = chooser_pair(pair)
+    chooser = apply_chooser(api, pair)  # started when the run attached, if it could: the same object again
     try:
         kube.wait_deployment_ready(api, pair.client.namespace, probe_pair.client.name, timeout=120)
         held = mesh.workload_certificate(probe_pair.client)
