@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 from kubernetes import client, config
@@ -24,14 +25,24 @@ CACHE_ROOT = cache_root()
 CLUSTER = "custom-ca-kept-selftest"
 
 
+# Notes each kind the adjust hook is called for, one line each, in the run's directory.
+ADJUST_COUNTER = textwrap.dedent('''
+    def pytest_custom_ca_adjust(kind, value, config):
+        with open("adjusted-kinds.txt", "a") as out:
+            out.write(kind + "\\n")
+''')
+
+
 def kept_run(directory, *args: str) -> str:
     directory.mkdir(parents=True)
+    (directory / "adjust_counter.py").write_text(ADJUST_COUNTER)
     env = {k: v for k, v in os.environ.items() if k != STATE_ENV and not k.startswith("PYTEST_XDIST")}
     env[CACHE_ENV] = str(CACHE_ROOT)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(directory), env.get("PYTHONPATH")]))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--pyargs", "custom_ca_conformance.conformance", "--custom-ca-cluster",
          "local", "--custom-ca-keep-cluster", "--custom-ca-cluster-name", CLUSTER, "-k", "foo-to-bar",
-         "--custom-ca-workdir", str(directory / "work"), "-p", "no:cacheprovider", *args],
+         "--custom-ca-workdir", str(directory / "work"), "-p", "no:cacheprovider", "-p", "adjust_counter", *args],
         cwd=directory, env=env, capture_output=True, text=True, timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == pytest.ExitCode.OK, output[-4000:]
@@ -66,3 +77,6 @@ def test_node_a_kept_install_is_reused_until_something_it_rests_on_changes(local
     reason = next((line for line in third.splitlines() if "not reusing the install kept by run" in line), "")
     assert "bar/curl" in reason and "installing again" in reason, third[-3000:]
     assert "installing Istio" in third, third[-3000:]
+    adjusted = (tmp_path / "third" / "adjusted-kinds.txt").read_text().split()
+    assert sorted(adjusted) == sorted(set(adjusted)), (
+        f"expected the adjust hook called once per kind when the kept install is not reused, seen {adjusted}")
