@@ -200,6 +200,24 @@ def test_istio_is_skipped_exactly_when_the_marker_expression_selects_only_signer
     assert signer_only(pytester.parseconfig("-m", expression)) is (files == {"test_signer_contract.py"}), files
 
 
+@pytest.mark.parametrize("args", [
+    ("conformance",), ("-m", "signer", "conformance"), ("-m", "signer or csr", "conformance"),
+    ("-m", "not signer", "conformance"), ("-m", "connectivity", "conformance"),
+    ("conformance/test_connectivity.py",), ("conformance/test_signer_contract.py",),
+    ("-k", "foo-to-bar", "conformance"), ("-k", "unapproved", "conformance"),
+])
+def test_the_contract_starts_while_istio_installs_only_when_the_arguments_select_it(run, pytester, args):
+    """Decided before collection (its CSRs start once the signers are ready); never for a run without contract tests.
+
+    With -k it does not start early (which names -k keeps is known only after collection): the tests start it.
+    """
+    from custom_ca_conformance.plugin.selection import may_select_contract
+
+    files = {m["file"] for m in collected(run("--collect-only", "-q", *args))}
+    decided = may_select_contract(pytester.parseconfig(*args))  # in the checkout: run() went there
+    assert decided is ("test_signer_contract.py" in files and "-k" not in args), (decided, sorted(files))
+
+
 MARKS = {"test_none": set(), "test_a": {"a"}, "test_b": {"b"}, "test_c": {"c"}, "test_ab": {"a", "b"},
          "test_ac": {"a", "c"}, "test_bc": {"b", "c"}, "test_abc": {"a", "b", "c"}}
 

@@ -251,6 +251,27 @@ def test_unapproved_denied_and_foreign_csrs_are_left_alone(driver, running_signe
     assert f"ignored {foreign.name}: signer {NOT_MINE} is not mine" in log
 
 
+def test_a_wait_for_a_signer_that_never_signs_ends_soon_after_stop(driver, running_signer):
+    """At the end of a run nobody needs the certificate a contract CSR waits for: ``stop`` ends the wait."""
+    import threading
+    import time
+
+    from custom_ca_conformance.probes.csr_contract import STOP_CHECK_SECONDS
+
+    csr = driver.submit(NOT_MINE)
+    driver.approve(csr)
+    outcome: list = []
+    waiting = threading.Thread(target=lambda: outcome.append(driver.wait(csr, 120)))
+    waiting.start()
+    time.sleep(0.5)
+    stopped_at = time.monotonic()
+    driver.stop()
+    waiting.join(timeout=30)
+    took = time.monotonic() - stopped_at
+    assert not waiting.is_alive() and took <= STOP_CHECK_SECONDS + 1.5, f"the wait ended {took:.1f} s after stop"
+    assert outcome and outcome[0].certificate_pem is None and outcome[0].has_condition("Approved"), outcome
+
+
 @pytest.mark.parametrize("expiration_seconds", [3600, 600])
 def test_expiration_seconds_is_honoured(driver, expiration_seconds):
     csr = driver.submit(FOO, expiration_seconds=expiration_seconds)
@@ -260,9 +281,9 @@ def test_expiration_seconds_is_honoured(driver, expiration_seconds):
 
     assert outcome.certificate_pem, driver.describe(csr)
     leaf = pki.load_pem_chain(outcome.certificate_pem)[0]
-    requested = outcome.csr.metadata.creation_timestamp + dt.timedelta(seconds=expiration_seconds)
+    requested = outcome.created_at + dt.timedelta(seconds=expiration_seconds)
     assert abs(leaf.not_valid_after_utc - requested) <= EXPIRATION_TOLERANCE, certificates.describe_cert(leaf)
-    assert outcome.csr.metadata.creation_timestamp - leaf.not_valid_before_utc <= dt.timedelta(minutes=1)
+    assert outcome.created_at - leaf.not_valid_before_utc <= dt.timedelta(minutes=1)
 
 
 @pytest.mark.parametrize(("annotations", "reason"), [

@@ -327,7 +327,7 @@ def _new_kind_provider(tmp_path, monkeypatch, clusters: str = "", **overrides):
     provider = builtin_provider("kind", _settings(tmp_path, **overrides))
     provider.adapter._kind = "kind"
     provider.adapter.sources._tools = sequence.Tools(istioctl="istioctl", helm="helm")
-    monkeypatch.setattr(provider, "installer", lambda api_client, run: SimpleNamespace(install=lambda: None))
+    monkeypatch.setattr(provider, "installer", lambda api_client, run, **hooks: SimpleNamespace(install=lambda: None))
     return provider, recorder
 
 
