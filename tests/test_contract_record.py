@@ -12,7 +12,7 @@ import pytest
 
 from custom_ca_conformance.model import pki
 from custom_ca_conformance.model.certificates import same_public_key
-from custom_ca_conformance.probes.contract_record import ContractRecord, made_once
+from custom_ca_conformance.probes.contract_record import ContractRecord
 from custom_ca_conformance.probes.csr_contract import (
     FOREIGN_SIGNER,
     ISTIO_USAGES,
@@ -21,6 +21,7 @@ from custom_ca_conformance.probes.csr_contract import (
     SubmittedCsr,
     UnissuedCases,
 )
+from custom_ca_conformance.probes.made_once import made_once
 
 SIGNER = "clusterissuers.cert-manager.io/foo"
 SPIFFE_ID = "spiffe://cluster.local/ns/conformance/sa/record"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import concurrent.futures
+import datetime as dt
+
+import pytest
 
 from custom_ca_conformance.model.outcomes import Classification, Outcome
 from custom_ca_conformance.model.run_record import RunRecord
@@ -53,3 +56,24 @@ def test_pairs_not_yet_in_the_record_are_probed_and_added(tmp_path):
     probe_once(mesh, pairs[:1], record)
     probe_once(mesh, pairs, record)
     assert mesh.sent == [p.id for p in pairs], mesh.sent
+
+
+def test_a_workload_certificate_reads_back_from_the_run_record_as_its_proxy_held_it(tmp_path):
+    from custom_ca_conformance.model import pki
+    from custom_ca_conformance.probes.made_once import made_once
+    from custom_ca_conformance.probes.mesh import WorkloadCertificate
+
+    workload = TOPOLOGY.workloads[0]
+    root = pki.make_self_signed_ca("foo root")
+    intermediate = pki.make_intermediate_ca(root, "foo intermediate")
+    key = pki.new_private_key("ec-p256")
+    leaf = pki.issue_leaf(intermediate, pki.istio_style_csr(f"spiffe://cluster.local/ns/{workload.namespace}/sa/x", key),
+                          usages=["digital signature", "server auth", "client auth"],
+                          not_after=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+    held = WorkloadCertificate(workload, [leaf, intermediate.cert], [root.cert], "istioctl proxy-config secret x")
+    entry = tmp_path / "certificates" / "foo.httpbin.json"
+    made_once(entry, lambda: held, WorkloadCertificate.as_dict, lambda v: WorkloadCertificate.from_dict(v, workload))
+
+    read = made_once(entry, lambda: pytest.fail("read twice from the proxy"), WorkloadCertificate.as_dict,
+                     lambda v: WorkloadCertificate.from_dict(v, workload))
+    assert read == held, (read, held)
