@@ -161,6 +161,32 @@ def test_iptables_cleanup_removes_jumps_then_our_chains_only():
     ]
 
 
+REMOVE_IN_OWN_NETNS = """
+import subprocess, sys
+from custom_ca_conformance.localplane import host
+for rule in (["-N", "KUBE-SERVICES"], ["-N", "KUBE-SVC-X"], ["-N", "CNI-HOSTPORT-DNAT"], ["-N", "DOCKER"],
+             ["-A", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"],
+             ["-A", "KUBE-SERVICES", "-j", "KUBE-SVC-X"], ["-A", "OUTPUT", "-j", "CNI-HOSTPORT-DNAT"],
+             ["-A", "OUTPUT", "-j", "DOCKER"]):
+    subprocess.run(["iptables", "-w", "5", "-t", "nat", *rule], check=True)
+print("restored in one go", host._restore("iptables", "nat", host.cleanup_commands(host._save("iptables", "nat"))))
+print("problems", host.remove_iptables())
+print(subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout)
+"""
+
+
+def test_iptables_removal_leaves_only_what_is_not_ours_in_a_network_namespace_of_its_own():
+    """The real iptables tools, in a fresh network namespace (never the host's rules): one restore per table."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("iptables-restore") is None:
+        pytest.skip("needs root, unshare and iptables-restore")
+    result = subprocess.run(["unshare", "--net", sys.executable, "-c", REMOVE_IN_OWN_NETNS],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "restored in one go True" in result.stdout and "problems []" in result.stdout, result.stdout
+    assert "KUBE-" not in result.stdout and "CNI-" not in result.stdout, result.stdout
+    assert ":DOCKER" in result.stdout and "-A OUTPUT -j DOCKER" in result.stdout, result.stdout
+
+
 def test_mounts_under_roots_deepest_first():
     mountinfo = "\n".join([
         "22 1 8:1 / / rw - ext4 /dev/vda rw",
