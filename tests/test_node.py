@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from custom_ca_conformance.localplane import cni, containerd, coredns, host, images, kubelet, node
+from custom_ca_conformance.localplane import cni, containerd, coredns, host, images, iptables, kubelet, node
 from custom_ca_conformance.localplane.images import oci
 
 # One node per machine, and the tests below share one: keep them on one xdist worker, in order.
@@ -151,7 +151,7 @@ def test_iptables_cleanup_removes_jumps_then_our_chains_only():
         "COMMIT",
     ])
 
-    commands = host.cleanup_commands(saved)
+    commands = iptables.cleanup_commands(saved)
 
     assert commands == [
         ["-D", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"],
@@ -163,14 +163,14 @@ def test_iptables_cleanup_removes_jumps_then_our_chains_only():
 
 REMOVE_IN_OWN_NETNS = """
 import subprocess, sys
-from custom_ca_conformance.localplane import host
+from custom_ca_conformance.localplane import iptables
 for rule in (["-N", "KUBE-SERVICES"], ["-N", "KUBE-SVC-X"], ["-N", "CNI-HOSTPORT-DNAT"], ["-N", "DOCKER"],
              ["-A", "PREROUTING", "-m", "comment", "--comment", "kubernetes service portals", "-j", "KUBE-SERVICES"],
              ["-A", "KUBE-SERVICES", "-j", "KUBE-SVC-X"], ["-A", "OUTPUT", "-j", "CNI-HOSTPORT-DNAT"],
              ["-A", "OUTPUT", "-j", "DOCKER"]):
     subprocess.run(["iptables", "-w", "5", "-t", "nat", *rule], check=True)
-print("restored in one go", host._restore("iptables", "nat", host.cleanup_commands(host._save("iptables", "nat"))))
-print("problems", host.remove_iptables())
+print("restored in one go", iptables._restore("iptables", "nat", iptables.cleanup_commands(iptables._save("iptables", "nat"))))
+print("problems", iptables.remove_iptables())
 print(subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout)
 """
 
@@ -558,13 +558,13 @@ def test_attaching_waits_for_the_machine_lock_of_the_run_using_the_node(running_
 def test_stopping_a_directory_where_no_node_ran_leaves_the_running_node_alone(workloads, tmp_path):
     # What a run whose provisioning never reached the node does at teardown, while another
     # run's node is up: the bridge, chains and pods are that node's.
-    commands = [command for command in host.IPTABLES_COMMANDS if shutil.which(command)]
-    chains_before = {command: host.our_chains(command) for command in commands}
+    commands = [command for command in iptables.IPTABLES_COMMANDS if shutil.which(command)]
+    chains_before = {command: iptables.our_chains(command) for command in commands}
 
     assert node.stop_node(tmp_path / "never-started") == []
 
     assert host.bridge_exists(cni.BRIDGE)
-    assert {command: host.our_chains(command) for command in commands} == chains_before
+    assert {command: iptables.our_chains(command) for command in commands} == chains_before
     assert node._node_ready_seen(workloads) is None
     workloads.wait_service_reachable("bar", "httpbin", 8000)
 
@@ -577,7 +577,7 @@ def _running(pid: int) -> bool:
 
 
 def test_stop_leaves_nothing_behind(running_node, workloads):
-    before = host.nft_tables()
+    before = iptables.nft_tables()
     snapshot = host.HostSnapshot.load(running_node.layout.host_record)
     pids = list(running_node.processes.pids.values())
     shims = host.shim_pids(running_node.layout.containerd.socket)
@@ -590,7 +590,7 @@ def test_stop_leaves_nothing_behind(running_node, workloads):
     assert [pid for pid in pids if Path(f"/proc/{pid}").exists()] == []  # exited and reaped
     assert [pid for pid in shims if _running(pid)] == []  # not our children: init reaps them
     assert not host.bridge_exists(cni.BRIDGE)
-    assert sorted(host.nft_tables()) == sorted(snapshot.nft_tables), f"nf_tables before stop: {before}"
+    assert sorted(iptables.nft_tables()) == sorted(snapshot.nft_tables), f"nf_tables before stop: {before}"
     for path in host.FIXED_PATHS:
         assert os.path.lexists(path) == (path in snapshot.preexisting_paths), path
     for name, value in snapshot.sysctls.items():
