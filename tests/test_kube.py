@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import os
 import threading
 import time
 from types import SimpleNamespace
@@ -343,3 +344,28 @@ def test_a_watch_stops_every_wait_in_its_block_between_polls():
         kube.wait_for(lambda: None, timeout=60, expected="x", diagnose=lambda: ("", ""))
     assert len(calls) == 2
     assert kube.wait_for(lambda: "ready", timeout=5, expected="x", diagnose=lambda: ("", "")) == "ready"
+
+
+def test_a_killed_processs_discovery_cache_is_removed_by_the_next_and_a_live_ones_stays(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from custom_ca_conformance.kube.apply import (
+        DISCOVERY_DIR_PREFIX,
+        remove_discovery_dirs_of_ended_processes,
+    )
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    killed.kill()
+    killed.wait()
+    left = tmp_path / f"{DISCOVERY_DIR_PREFIX}{killed.pid}-abc"
+    live = tmp_path / f"{DISCOVERY_DIR_PREFIX}{os.getpid()}-def"
+    for path in (left, live):
+        path.mkdir()
+        (path / "discovery-0123.json").write_text("{}")
+
+    remove_discovery_dirs_of_ended_processes()
+
+    assert not left.exists() and live.exists(), sorted(p.name for p in tmp_path.iterdir())
