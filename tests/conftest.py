@@ -68,20 +68,34 @@ def is_node_module(module) -> bool:
     return any(m.name == "xdist_group" and m.args[:1] == (NODE_GROUP,) for m in marks)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The node modules last: xdist hands out tests in collection order, so a worker never waits for the
-    node lock while tests that need no node are still to run (the same order on every worker)."""
-    items.sort(key=lambda item: is_node_module(getattr(item, "module", None)))
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The node modules first, as one xdist group: under ``--dist loadgroup`` one worker takes every
+    node test from the start while the other runs the tests that need no node (the same order on
+    every worker, which xdist requires).
+
+    pytest-xdist 3.8 names a test's group by appending ``@group`` to ``item._nodeid``, an attribute
+    pytest 9 no longer reads (its node id lives in ``item._id``), so every node test was a group of
+    its own and both workers waited on the node in turn; the suffix is set here where pytest reads it.
+    """
+    items.sort(key=lambda item: not is_node_module(getattr(item, "module", None)))
+    if not getattr(config.option, "loadgroup", False):  # set on xdist's workers under --dist loadgroup
+        return
+    from _pytest.nodeid import NodeId
+
+    suffix = f"@{NODE_GROUP}"
+    for item in items:
+        if is_node_module(getattr(item, "module", None)) and not item.nodeid.endswith(suffix):
+            item._id = NodeId.parse(item.nodeid + suffix)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_node_module_at_a_time(request):
     """The modules that start this machine's one local node (marked ``xdist_group("node")``) take turns.
 
-    Under pytest 9, pytest-xdist's ``--dist loadgroup`` does not keep a group on one worker (seen
-    with xdist 3.8: two tests of one group ran at once on gw0 and gw1), and a run now refuses a
-    node a live process owns instead of queueing for it. So each such module holds a file lock
-    from its first fixture to its last teardown, module-scoped nodes included.
+    xdist keeps them on one worker (``pytest_collection_modifyitems``); without xdist's grouping (another
+    ``--dist`` mode) two workers would start nodes at once, and a run refuses a node a live process owns
+    instead of queueing for it. So each such module holds a file lock from its first fixture to its
+    last teardown, module-scoped nodes included.
     """
     if not is_node_module(request.module):
         yield
