@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from custom_ca_conformance.plugin import exit_status
 from custom_ca_conformance.plugin.session import STATE_ENV
 
 pytest_plugins = ("pytester",)
@@ -664,10 +665,11 @@ def test_a_setup_failure_is_one_failed_item_whose_cause_is_printed_once_without_
     result = run("--custom-ca-cluster", "broken", "--pyargs", "custom_ca_conformance.conformance.test_rbac",
                  *workers, in_repo=False)
     text = output(result)
-    assert result.ret == pytest.ExitCode.TESTS_FAILED, text
+    assert result.ret == exit_status.SETUP_FAILED, text
     assert "Traceback" not in text and "INTERNALERROR" not in text, text
     outcomes = result.parseoutcomes()
     assert outcomes["failed"] == 1 and outcomes["skipped"] > 0, outcomes  # the rbac tests are blocked
+    assert f"custom-ca: exit status {exit_status.SETUP_FAILED}: the suite could not set up the cluster" in text, text
     assert text.count("the broken cluster cannot be obtained") == 1, text
     assert text.count("likely cause:") == 1, text
     result.stdout.fnmatch_lines([
@@ -678,3 +680,15 @@ def test_a_setup_failure_is_one_failed_item_whose_cause_is_printed_once_without_
         "likely cause: none of the known causes *",
         f"FAILED *custom-ca::setup - {SETUP_FAILED}",
     ])
+
+
+def test_a_setup_failure_beside_a_failed_test_ends_as_a_conformance_failure(run, pytester):
+    """A test that ran and failed is a finding: the run ends with pytest's 1, not the setup status."""
+    pytester.makeconftest(BROKEN_CLUSTER)
+    pytester.makepyfile(test_needs_nothing="def test_fails():\n    assert False, 'a finding'\n")
+    result = run("--custom-ca-cluster", "broken", "--pyargs", "custom_ca_conformance.conformance.test_rbac",
+                 "test_needs_nothing.py", in_repo=False)
+    text = output(result)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, text
+    assert result.parseoutcomes()["failed"] == 2, text
+    assert "exit status" not in text, text
