@@ -69,10 +69,11 @@ def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, bare_path: P
     monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     pytester_dir = pytester.path
 
-    def run_pytest(*args: str, in_repo: bool = True) -> pytest.RunResult:
+    def run_pytest(*args: str, in_repo: bool = True, cache: bool = False) -> pytest.RunResult:
         # pytester chdir'd into its directory through this same monkeypatch; undone after the test.
         monkeypatch.chdir(REPO if in_repo else pytester_dir)
-        return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=120)
+        cache_args = ("-o", f"cache_dir={pytester_dir / 'pytest-cache'}") if cache else ("-p", "no:cacheprovider")
+        return pytester.runpytest_subprocess(*cache_args, *args, timeout=120)
 
     return run_pytest
 
@@ -692,3 +693,19 @@ def test_a_setup_failure_beside_a_failed_test_ends_as_a_conformance_failure(run,
     assert result.ret == pytest.ExitCode.TESTS_FAILED, text
     assert result.parseoutcomes()["failed"] == 2, text
     assert "exit status" not in text, text
+
+
+def test_last_failed_reruns_the_failed_tests_and_the_setup_only(run, pytester):
+    """``--lf`` (the reusable workflow's rerun-failed) after a run whose setup and one test failed."""
+    pytester.makeconftest(BROKEN_CLUSTER)
+    pytester.makepyfile(test_needs_nothing="def test_fails():\n    assert False\n\ndef test_passes():\n    pass\n")
+    args = ("--custom-ca-cluster", "broken", "--pyargs", "custom_ca_conformance.conformance.test_rbac",
+            "test_needs_nothing.py")
+    first = run(*args, in_repo=False, cache=True)
+    assert first.ret == pytest.ExitCode.TESTS_FAILED, output(first)
+    again = run(*args, "--last-failed", in_repo=False, cache=True)
+    text = output(again)
+    assert again.ret == pytest.ExitCode.TESTS_FAILED, text
+    outcomes = again.parseoutcomes()
+    assert (outcomes["failed"], outcomes.get("passed", 0), outcomes.get("skipped", 0)) == (2, 0, 0), text
+    again.stdout.fnmatch_lines(["*FAILED*custom-ca::setup*", "*FAILED*test_needs_nothing.py::test_fails*"])
