@@ -328,13 +328,18 @@ def test_bad_signer_profile_is_one_usage_error_line(run, tmp_path):
     profile = tmp_path / "profile.yaml"
     profile.write_text("name: vendor\n")
     assert_usage_error(run("--collect-only", "-q", "--custom-ca-signer-profile", str(profile), "conformance"),
-                       r"ERROR: signer profile .*profile\.yaml: top level: 'signers' is a required property")
+                       r"ERROR: signer profile .*profile\.yaml: top level: the key 'signers' is missing, e\.g\. signers: \[\{signerName: .*")
 
 
 def test_unknown_cluster_is_a_usage_error(run):
     result = run("--collect-only", "-q", "--custom-ca-cluster", "nope", "conformance")
     assert_usage_error(result, r"ERROR: --custom-ca-cluster nope: no such cluster; the built-in ones are existing, "
                                r"kind, local, and a conftest or plugin may add one \(hook pytest_custom_ca_cluster\)")
+
+
+def test_a_misspelt_cluster_is_answered_with_the_closest_name(run):
+    result = run("--collect-only", "-q", "--custom-ca-cluster", "locall", "conformance")
+    assert_usage_error(result, r"ERROR: --custom-ca-cluster locall: no such cluster \(did you mean 'local'\?\); .*")
 
 
 def test_unknown_cluster_in_ini_is_one_usage_error_line(run):

@@ -1,5 +1,6 @@
 """Signer profiles: built-ins derive from the topology; files are validated with one-line errors."""
 
+import json
 import re
 from pathlib import Path
 
@@ -42,10 +43,25 @@ def test_the_example_reference_profile_is_valid():
 
 @pytest.mark.parametrize("text, message", [
     ("name: x\nsigners: []\n", "signers: [] should be non-empty"),
-    ("name: x\nsigners:\n- signerName: nodomain\n  caBundle: {file: /r.pem}\n", "signers[0].signerName: 'nodomain' does not match"),
-    ("name: x\nsigners:\n- signerName: a.example/s\n  caBundle: {secret: {namespace: n, name: s}}\n", "signers[0].caBundle"),
+    ("name: x\nsigners:\n- signerName: nodomain\n  caBundle: {file: /r.pem}\n",
+     "signers[0].signerName: 'nodomain' is not a signerName: a DNS domain with at least one dot (lowercase letters, "
+     "digits, '-'), a slash, then a name of letters, digits, '-' or '.', e.g. acme.example.com/team-a"),
+    ("name: x\nsigners:\n- signerName: a.example/s\n  caBundle: {secret: {namespace: n, name: s}}\n",
+     "signers[0].caBundle.secret: the key 'key' is missing, e.g. key: ca.crt"),
+    ("name: x\nsigners:\n- signerName: a.example/s\n  caBundle: {secrets: {namespace: n, name: s, key: k}}\n",
+     "signers[0].caBundle: expected exactly one of the keys secret, configMap, file, chainIncludesRoot; "
+     "found 'secrets' (did you mean 'secret'?)"),
+    ("name: x\nsigners:\n- signerName: a.example/s\n  caBundle: {file: r.pem, secret: {namespace: n, name: s, key: k}}\n",
+     "signers[0].caBundle: expected exactly one of the keys secret, configMap, file, chainIncludesRoot; "
+     "found 'file', 'secret'"),
+    ("name: x\nsigners:\n- signerNmae: a.example/s\n  caBundle: {file: r.pem}\n",
+     "signers[0]: unknown key 'signerNmae' (did you mean 'signerName'?); the keys here are signerName, caBundle"),
+    ("name: x\nsigners:\n- signerName: a.example/s\n  caBundle: {file: r.pem}\ninstall: {builtin: cert-manger}\n",
+     "install.builtin: 'cert-manger' is not one of cert-manager, reference (did you mean 'cert-manager'?)"),
+    ("name: x\nsigners:\n- signerName: a.example/s\n  caBundle: {file: r.pem}\nobserveSeconds: five\n",
+     "observeSeconds: expected a number, found a string ('five')"),
     ("name: x\nsigners:\n- signerName: a.example/s\n  caBundle: {file: r.pem}\nunsupported: [teleport]\n",
-     "unsupported[0]: 'teleport' is not one of"),
+     "unsupported[0]: 'teleport' is not one of expiration-seconds, failed-condition, rsa, ecdsa, ed25519"),
     ("name: x\nsigners:\n- signerName: a.example/s\n  caBundle: {file: r.pem}\n- signerName: a.example/s\n"
      "  caBundle: {file: r.pem}\n", "signers: ['a.example/s'] listed twice"),
     ("name: [x\n", "not valid YAML at line"),
@@ -56,3 +72,24 @@ def test_invalid_profiles_fail_with_one_line_naming_the_field(tmp_path, text, me
     with pytest.raises(SignerProfileError) as error:
         load_signer_profile(path)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def _patterned(schema: object, path: str = ""):
+    if isinstance(schema, dict):
+        if "pattern" in schema:
+            yield path, schema
+        for key, value in schema.items():
+            yield from _patterned(value, f"{path}/{key}")
+    elif isinstance(schema, list):
+        for index, value in enumerate(schema):
+            yield from _patterned(value, f"{path}/{index}")
+
+
+@pytest.mark.parametrize("schema_file", ["signer_profile.schema.json", "topology.schema.json"])
+def test_every_pattern_of_a_user_document_is_explained_in_words_with_an_example(schema_file):
+    """A value that does not match is answered with these words, never with the regular expression."""
+    schema = json.loads((REPO / "fixtures" / "model" / schema_file).read_text())
+    patterned = list(_patterned(schema))
+    assert patterned
+    for path, field in patterned:
+        assert "e.g. " in field.get("expected", ""), f"{schema_file}{path}: a pattern without 'expected' words"

@@ -81,7 +81,8 @@ def test_a_namespace_merely_resembling_a_system_one_is_a_tenant():
     ({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "b"}]},
      "tenants[0].signer: 'b' is not listed in signers ['a']"),
     ({"signers": ["a"], "tenants": [{"namespace": "Bad_NS", "signer": "a"}]},
-     "tenants[0].namespace: 'Bad_NS' does not match"),
+     "tenants[0].namespace: 'Bad_NS' is not a namespace name: at most 63 lowercase letters, digits and '-', "
+     "starting and ending with a letter or digit, e.g. team-a"),
     ({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "a"}, {"namespace": "x", "signer": "a"}]},
      "tenants[1].namespace: 'x' is listed twice"),
     ({"signers": ["a"], "defaultSigner": "z", "tenants": [{"namespace": "x", "signer": "a"}]},
@@ -89,10 +90,21 @@ def test_a_namespace_merely_resembling_a_system_one_is_a_tenant():
     ({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "a", "workloads": ["nginx"]}]},
      "tenants[0].workloads[0]: 'nginx' is not one of"),
     ({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "a"}], "colour": "red"},
-     "top level: Additional properties are not allowed ('colour' was unexpected)"),
+     "top level: unknown key 'colour'; the keys here are signerDomain, defaultSigner, trustDomain, signers, tenants"),
+    ({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "a"}], "trustdomain": "example.org"},
+     "top level: unknown key 'trustdomain' (did you mean 'trustDomain'?)"),
+    ({"signers": ["foo", "bar"], "tenants": [{"namespace": "x", "singer": "foo"}]},
+     "tenants[0]: unknown key 'singer' (did you mean 'signer'?); the keys here are namespace, signer, workloads"),
+    ({"signers": ["foo", "bar"], "tenants": [{"namespace": "x", "signer": "fooo"}]},
+     "tenants[0].signer: 'fooo' is not listed in signers ['foo', 'bar'] (did you mean 'foo'?)"),
+    ({"signers": ["a"], "tenants": [{"namespace": "x", "signer": "a", "workloads": ["curll"]}]},
+     "tenants[0].workloads[0]: 'curll' is not one of httpbin, curl (did you mean 'curl'?)"),
+    ({"signers": "a", "tenants": [{"namespace": "x", "signer": "a"}]}, "signers: expected a list, found a string ('a')"),
     ({"signers": ["a"], "signerDomain": "nodots", "tenants": [{"namespace": "x", "signer": "a"}]},
-     "signerDomain: 'nodots' does not match"),
-    ({"tenants": [{"namespace": "x", "signer": "a"}]}, "top level: 'signers' is a required property"),
+     "signerDomain: 'nodots' is not a DNS domain with at least one dot, of lowercase letters, digits and '-', "
+     "e.g. clusterissuers.cert-manager.io"),
+    ({"tenants": [{"namespace": "x", "signer": "a"}]},
+     "top level: the key 'signers' is missing, e.g. signers: [istio-system, foo, bar]"),
 ])
 def test_invalid_documents_fail_with_one_line_naming_the_field(document, message):
     with pytest.raises(TopologyError) as error:
