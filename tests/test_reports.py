@@ -329,7 +329,7 @@ def test_a_document_off_the_schema_is_refused_naming_the_field():
 
 def test_markdown_has_the_matrix_table_and_the_totals():
     text = markdown.render(sample_report())
-    assert text.startswith("## custom-ca conformance: 3 passed, 1 failed, 1 blocked\n")
+    assert text.startswith("## custom-ca conformance: failed (3 passed, 1 failed, 1 blocked)\n")
     assert "| client \\ server | **foo** | **bar** |" in text
     assert "| **foo** | ✅ ok | ✅ verify-fail |" in text
     assert "| **bar** | ❌ ok (expected verify-fail) | ⬜ not run |" in text
@@ -366,8 +366,8 @@ def test_svg_of_a_larger_topology_is_n_by_n():
 
 def test_write_reports_writes_every_format(tmp_path):
     written = formats.write_reports(sample_report(), tmp_path / "new" / "dir")
-    assert [p.name for p in written] == [f.file_name for f in formats.formats()] == [
-        "report.json", "summary.md", "matrix.svg"]
+    assert [f.file_name for f in formats.formats()] == ["report.json", "summary.md", "matrix.svg", "contract.svg"]
+    assert [p.name for p in written] == ["report.json", "summary.md", "matrix.svg"]  # no contract test ran
     report_json.validate(json.loads(written[0].read_text()))
     summary = tmp_path / "step-summary.md"
     summary.write_text("earlier step\n")
@@ -559,7 +559,7 @@ def test_github_step_summary_is_appended(run, probe_tests, pytester, monkeypatch
     result = run("--custom-ca-report-dir", "out")
     assert result.ret == pytest.ExitCode.TESTS_FAILED, output(result)
     text = summary.read_text()
-    assert text.startswith("# an earlier step\n## custom-ca conformance: 3 passed, 1 failed, 1 blocked\n")
+    assert text.startswith("# an earlier step\n## custom-ca conformance: failed (3 passed, 1 failed, 1 blocked)\n")
     assert "| **foo** | ✅ ok | ❌ ok (expected verify-fail) |" in text
     assert text.count("## custom-ca conformance") == 1
     assert (pytester.path / "out" / "summary.md").read_text() in text
@@ -706,3 +706,83 @@ def test_the_tier_is_the_tests_marker_and_a_test_without_one_shows(run, pytester
     tiers = {t["nodeid"].rpartition("::")[2]: t["tier"] for t in read_report(pytester.path / "out")["tests"]}
     assert tiers == {"test_signer": "signer_contract", "test_health": "health", "test_unmarked": "untiered"}
     result.stdout.fnmatch_lines(["  untiered  *1 passed*", "untiered: 1 test(s) carry none of the tier markers (*)"])
+
+
+# --- the signer contract, for CA vendors ---------------------------------------------------------
+
+SIGNERS = ("acme.example.com/team-a", "acme.example.com/team-b")
+
+
+def contract_report() -> RunReport:
+    """A -m signer run: two signers; team-b fails the chain test; ed25519 declared unsupported; one check for all."""
+    from custom_ca_conformance.model.vocabulary import Feature, declared_gap
+
+    collector = RecordCollector()
+
+    def add(point: str, signer: str, key_kind: str, outcome: str, message: str = "") -> None:
+        nodeid = f"conformance/test_signer_contract.py::{point}[{signer}{'-' + key_kind if key_kind else ''}]"
+        properties = [tier("signer"), (records.CONTRACT_PROPERTY, {"signer": signer, "point": point,
+                                                                   "key_kind": key_kind})]
+        when = "setup" if outcome == "skipped" else "call"
+        collector.add(nodeid, Phase(when, outcome, 0.1, message=message), properties)
+
+    gap = declared_gap(Feature("ed25519"), "acme", "profile acme.yaml")
+    for signer in SIGNERS:
+        add("test_approved_istio_csr_is_issued", signer, "ecdsa", "passed")
+        add("test_approved_istio_csr_is_issued", signer, "ed25519", "skipped", gap)
+    add("test_chain_verifies_to_the_published_ca_bundle", SIGNERS[0], "", "passed")
+    add("test_chain_verifies_to_the_published_ca_bundle", SIGNERS[1], "", "failed",
+        "AssertionError: \n  expected: the chain verifies")
+    add("test_csr_for_a_foreign_signer_is_ignored", "", "", "passed")
+    facts = RunFacts.from_dict({"provider": "existing (staging)", "versions": {"cert-manager": "v1.21.2"}})
+    return RunReport(collector.records(), facts, pair_specs(*TENANTS), exitstatus=1,
+                     finished_at="2026-12-07 21:40 UTC")
+
+
+def test_the_contract_table_has_a_row_per_point_and_key_kind_and_a_column_per_signer():
+    table = tables.contract_table(contract_report().records)
+    assert table.signers == SIGNERS
+    assert set(table.points) == {"approved istio csr is issued (ecdsa)", "approved istio csr is issued (ed25519)",
+                                 "chain verifies to the published ca bundle", "csr for a foreign signer is ignored"}
+    state = {key: cell.state for key, cell in table.cells.items()}
+    assert state[("approved istio csr is issued (ed25519)", SIGNERS[0])] == tables.GAP
+    assert state[("chain verifies to the published ca bundle", SIGNERS[1])] == tables.FAIL
+    assert state[("csr for a foreign signer is ignored", SIGNERS[1])] == tables.PASS  # one test, every signer
+    assert table.cell("chain verifies to the published ca bundle", SIGNERS[1]).message == "AssertionError:"
+
+
+def test_a_signer_run_shows_the_contract_table_and_not_an_empty_matrix():
+    report = contract_report()
+    text = terminal.plain_text(terminal.terminal_lines(report, colour=False))
+    assert "matrix" not in text and "client\\server" not in text, text
+    assert "signer contract (rows: contract point, columns: signer):" in text
+    row = next(line for line in text.splitlines() if "approved istio csr is issued (ed25519)" in line)
+    assert row.split()[-2:] == ["gap", "gap"], row
+    assert f"  fail {SIGNERS[1]}: chain verifies to the published ca bundle (AssertionError:)" in text
+    summary = markdown.render(report)
+    assert summary.startswith("## custom-ca conformance: failed (")
+    assert "### Matrix" not in summary and "### Signer contract" in summary
+    assert ("| approved istio csr is issued (ed25519) | ➖ declared unsupported (profile) "
+            "| ➖ declared unsupported (profile) |") in summary
+    assert svg.render(report) is None  # no matrix.svg for a run that probed nothing
+
+
+def test_the_contract_picture_heads_with_the_verdict_and_writes_each_state():
+    root = ET.fromstring(svg.render_contract(contract_report()))
+    assert root.find(f".//{SVG}text[@id='verdict']").text == "FAILED"
+    assert root.find(f".//{SVG}text[@id='summary']").text == (
+        "4 passed, 1 failed, 2 skipped · provider existing (staging) · 2026-12-07 21:40 UTC")
+    cells = {(r.get("data-point"), r.get("data-signer")): r.get("data-state")
+             for r in root.iter(f"{SVG}rect") if r.get("class") == "cell"}
+    assert len(cells) == 8 and cells[("chain verifies to the published ca bundle", SIGNERS[1])] == tables.FAIL
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    assert texts.count("declared unsupported (profile)") == 3  # two cells and the legend
+
+
+def test_an_unexpected_matrix_cell_says_what_was_expected_in_visible_text():
+    report = dataclasses.replace(sample_report(), finished_at="2026-12-07 21:40 UTC")
+    root = ET.fromstring(svg.render(report))
+    texts = [t.text for t in root.iter(f"{SVG}text")]
+    assert "seen ok, expected verify-fail" in texts, texts
+    assert root.find(f".//{SVG}text[@id='verdict']").text == "FAILED"
+    assert "provider kind · 2026-12-07 21:40 UTC" in root.find(f".//{SVG}text[@id='summary']").text
