@@ -31,6 +31,15 @@ def test_cert_manager_is_installed_from_the_oci_chart_with_crds_and_the_csr_gate
     assert "--kubeconfig" not in argv and "--kube-context" not in argv
 
 
+def test_a_mirrored_or_local_chart_pulls_its_images_from_the_given_registry():
+    argv = commands.helm_install_cert_manager_argv("v1.21.1", chart="/charts/cert-manager-v1.21.1.tgz",
+                                                   image_registry="mirror.example:5000")
+    assert argv[4] == "/charts/cert-manager-v1.21.1.tgz" and "--version" not in argv  # a .tgz is its version
+    assert "imageRegistry=mirror.example:5000" in _values(argv)
+    mirrored = commands.helm_install_cert_manager_argv("v1.21.1", chart="oci://mirror.example:5000/charts/cert-manager")
+    assert mirrored[4] == "oci://mirror.example:5000/charts/cert-manager" and _flag(mirrored, "--version") == "v1.21.1"
+
+
 def test_helm_targets_the_given_kubeconfig_and_context():
     argv = commands.helm_install_cert_manager_argv("v1.21.1", kubeconfig="/k", context="kind-x")
     assert _flag(argv, "--kubeconfig") == "/k" and _flag(argv, "--kube-context") == "kind-x"

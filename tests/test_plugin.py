@@ -351,6 +351,7 @@ def test_unknown_cluster_in_ini_is_one_usage_error_line(run):
     ("kind", ["--custom-ca-kubeconfig", "/k"], "--custom-ca-kubeconfig is"),
     ("local", ["--custom-ca-preinstalled", "--custom-ca-context", "c"], "--custom-ca-context and --custom-ca-preinstalled are"),
     ("existing", ["--custom-ca-cluster-name", "lab"], "--custom-ca-cluster-name is"),
+    ("local", ["--custom-ca-cert-manager-chart", "./cert-manager.tgz"], "--custom-ca-cert-manager-chart is"),
 ])
 def test_a_cluster_option_the_chosen_cluster_ignores_is_refused(run, cluster, options, unused):
     assert_usage_error(run("-q", "conformance", "--custom-ca-cluster", cluster, *options),

@@ -382,3 +382,24 @@ def test_istioctl_renders_istiod_env_and_mesh_config(istioctl, topology, roots, 
     assert mesh["caCertificates"] == templates.mesh_config(topology, roots)["caCertificates"]
     assert mesh["defaultConfig"]["proxyMetadata"] == {"ISTIO_META_CERT_SIGNER": topology.default_signer}
     assert mesh["accessLogFile"] == "/dev/stdout"
+
+
+@pytest.mark.parametrize("reference, expected", [
+    ("docker.io/curlimages/curl:8.16.0", "mirror.example:5000/curlimages/curl:8.16.0"),
+    ("quay.io/jetstack/cert-manager-controller:v1.21.2", "mirror.example:5000/jetstack/cert-manager-controller:v1.21.2"),
+    ("curl:8", "mirror.example:5000/library/curl:8"),
+    ("mccutchen/go-httpbin:v2.15.0", "mirror.example:5000/mccutchen/go-httpbin:v2.15.0"),
+    ("localhost/x/y:1", "mirror.example:5000/x/y:1"),
+    ("docker.io/istio", "mirror.example:5000/istio"),  # a hub
+])
+def test_an_image_under_a_registry_keeps_its_repository_path_and_tag(reference, expected):
+    assert templates.under_registry(reference, "mirror.example:5000") == expected
+    assert templates.under_registry(reference, None) == reference
+
+
+def test_a_platform_under_a_registry_moves_the_workloads_and_istios_hub():
+    platform = templates.under_registry_platform(templates.DEFAULT_PLATFORM, "mirror.example:5000/proxy")
+    assert platform.workload_images == {"httpbin": "mirror.example:5000/proxy/mccutchen/go-httpbin:v2.15.0",
+                                        "curl": "mirror.example:5000/proxy/curlimages/curl:8.16.0"}
+    assert platform.istio_hub == "mirror.example:5000/proxy/istio" and platform.istio_tag is None
+    assert templates.under_registry_platform(templates.DEFAULT_PLATFORM, None) is templates.DEFAULT_PLATFORM

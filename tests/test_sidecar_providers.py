@@ -16,7 +16,7 @@ from custom_ca_conformance.cluster import builtin_provider, existing, provider a
 from custom_ca_conformance.cluster.contract import ProviderSettings
 from custom_ca_conformance.model.evidence import CsrRecord
 from custom_ca_conformance.model.run_record import RunRecord
-from custom_ca_conformance.install import checks, sequence
+from custom_ca_conformance.install import checks, sources
 from custom_ca_conformance.tools import commands
 from custom_ca_conformance.model.errors import ProviderUnavailable, ProvisioningError
 from custom_ca_conformance.model.pki import cert_to_pem, make_intermediate_ca, make_self_signed_ca
@@ -326,7 +326,7 @@ def _new_kind_provider(tmp_path, monkeypatch, clusters: str = "", **overrides):
     monkeypatch.setattr(commands, "run", recorder.run)
     provider = builtin_provider("kind", _settings(tmp_path, **overrides))
     provider.adapter._kind = "kind"
-    provider.adapter.sources._tools = sequence.Tools(istioctl="istioctl", helm="helm")
+    provider.adapter.sources._tools = sources.Tools(istioctl="istioctl", helm="helm")
     monkeypatch.setattr(provider, "installer", lambda api_client, run, **hooks: SimpleNamespace(install=lambda: None))
     return provider, recorder
 
