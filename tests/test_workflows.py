@@ -104,3 +104,70 @@ def test_the_matrix_calls_the_reusable_workflow_without_fail_fast():
     cells = jobs["kind"]["strategy"]["matrix"]
     assert len(cells["istio"]) * len(cells["kubernetes"]) - len(cells["exclude"]) >= 5
     assert all(cell["from"] != cell["to"] for cell in jobs["upgrade"]["strategy"]["matrix"]["include"])
+
+
+# --- README's first screen --------------------------------------------------------------------------
+
+README = WORKFLOWS.parent.parent / "README.md"
+FIRST_SCREEN_LINES = 40
+
+
+def _first_screen_blocks(language: str) -> list[str]:
+    text = "\n".join(README.read_text().splitlines()[:FIRST_SCREEN_LINES])
+    return [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith(language + "\n")]
+
+
+def test_the_first_screen_holds_the_three_quickstarts():
+    [actions] = _first_screen_blocks("yaml")
+    shells = _first_screen_blocks("sh")
+    assert "uses: OWNER/custom-ca-conformance/.github/workflows/conformance.yml@" in actions
+    assert [any(f"--custom-ca-cluster {cluster}" in block for block in shells) for cluster in ("existing", "local")] \
+        == [True, True], shells
+
+
+def test_the_actions_quickstart_calls_the_reusable_workflow_with_what_it_requires(actionlint, tmp_path):
+    """Linted as a caller of the workflow in this checkout: unknown or missing inputs would be refused."""
+    [actions] = _first_screen_blocks("yaml")
+    caller = yaml.safe_load(actions)
+    job = caller["jobs"]["custom-ca"]
+    job["uses"] = "./.github/workflows/conformance.yml"
+    workflows = tmp_path / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)  # actionlint reads local workflows of a repository
+    (workflows / "conformance.yml").write_text((WORKFLOWS / "conformance.yml").read_text())
+    (workflows / "caller.yml").write_text(yaml.safe_dump({"name": "caller", "on": {"push": {}}, **caller}))
+    result = subprocess.run([str(actionlint), "-no-color", ".github/workflows/caller.yml"], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    job["with"]["istio-versions"] = job["with"].pop("istio-version")  # the check can fail: a misspelt input
+    (workflows / "caller.yml").write_text(yaml.safe_dump({"name": "caller", "on": {"push": {}}, **caller}))
+    missing = subprocess.run([str(actionlint), "-no-color", ".github/workflows/caller.yml"], capture_output=True,
+                             text=True, timeout=120, cwd=tmp_path)
+    assert missing.returncode != 0 and "istio-version" in missing.stdout, missing.stdout
+
+
+def test_every_option_of_the_first_screen_is_an_option_of_the_plugin():
+    import re
+
+    from custom_ca_conformance.plugin import options
+
+    class Group:
+        def __init__(self):
+            self.names: set[str] = set()
+
+        def addoption(self, name, **_):
+            self.names.add(name)
+
+    class Parser:
+        group = Group()
+
+        def getgroup(self, *_):
+            return self.group
+
+        def addini(self, *_, **__):
+            pass
+
+    parser = Parser()
+    options.add_options(parser)
+    shown = set(re.findall(r"--custom-ca-[a-z-]+", "\n".join(README.read_text().splitlines()[:FIRST_SCREEN_LINES])))
+    assert shown and shown <= parser.group.names, sorted(shown - parser.group.names)
