@@ -294,3 +294,25 @@ def test_a_watch_that_sees_a_pointless_wait_stops_the_command_at_once(tmp_path):
                        log_file=tmp_path / "log", watch=watch)
     assert time.monotonic() - started < commands.WATCH_INTERVAL_SECONDS + 5
     assert "stopped: waiting was pointless" in (tmp_path / "log").read_text()
+
+
+# --- what kind and existing install from, named by the user ----------------------------------------
+
+
+def test_the_users_registry_hub_tag_and_workload_images_are_what_the_install_renders():
+    from custom_ca_conformance.cluster.contract import ProviderSettings
+    from custom_ca_conformance.cluster.releases import ReleaseSources
+    from custom_ca_conformance.model.topology import default_topology
+
+    settings = ProviderSettings(topology=default_topology(), image_registry="mirror.example:5000",
+                                istio_hub="harbor.example.com/istio", istio_tag="1.30.3-distroless",
+                                workload_images={"curl": "harbor.example.com/tools/curl:8"},
+                                cert_manager_chart="./cert-manager-v1.21.2.tgz")
+    sources = ReleaseSources(settings, "existing")
+    platform = sources.platform()
+    assert platform.istio_hub == "harbor.example.com/istio" and platform.istio_tag == "1.30.3-distroless"
+    assert platform.workload_images == {"httpbin": "mirror.example:5000/mccutchen/go-httpbin:v2.15.0",
+                                        "curl": "harbor.example.com/tools/curl:8"}
+    assert sources._source_platform().istio_tag is None  # an upgrade's first Istio keeps its own tag
+    cert_manager = sources.cert_manager()
+    assert (cert_manager.chart, cert_manager.image_registry) == ("./cert-manager-v1.21.2.tgz", "mirror.example:5000")

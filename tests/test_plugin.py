@@ -337,6 +337,12 @@ def test_unknown_cluster_is_a_usage_error(run):
                                r"kind, local, and a conftest or plugin may add one \(hook pytest_custom_ca_cluster\)")
 
 
+def test_a_workload_image_of_an_unknown_role_is_one_usage_error_line(run):
+    result = run("--collect-only", "-q", "--custom-ca-workload-image", "curll=c:1", "conformance")
+    assert_usage_error(result, r"ERROR: --custom-ca-workload-image curll=c:1: expected ROLE=IMAGE with ROLE one of "
+                               r"httpbin, curl \(did you mean 'curl'\?\), e\.g\. curl=.*")
+
+
 def test_a_misspelt_cluster_is_answered_with_the_closest_name(run):
     result = run("--collect-only", "-q", "--custom-ca-cluster", "locall", "conformance")
     assert_usage_error(result, r"ERROR: --custom-ca-cluster locall: no such cluster \(did you mean 'local'\?\); .*")
@@ -352,6 +358,8 @@ def test_unknown_cluster_in_ini_is_one_usage_error_line(run):
     ("local", ["--custom-ca-preinstalled", "--custom-ca-context", "c"], "--custom-ca-context and --custom-ca-preinstalled are"),
     ("existing", ["--custom-ca-cluster-name", "lab"], "--custom-ca-cluster-name is"),
     ("local", ["--custom-ca-cert-manager-chart", "./cert-manager.tgz"], "--custom-ca-cert-manager-chart is"),
+    ("local", ["--custom-ca-istio-hub", "h/istio", "--custom-ca-workload-image", "curl=c:1"],
+     "--custom-ca-istio-hub and --custom-ca-workload-image are"),
 ])
 def test_a_cluster_option_the_chosen_cluster_ignores_is_refused(run, cluster, options, unused):
     assert_usage_error(run("-q", "conformance", "--custom-ca-cluster", cluster, *options),
