@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,8 @@ pytest_plugins = ("pytester",)
 pytestmark = pytest.mark.xdist_group("node")
 
 CACHE_ROOT = cache_root()  # read before pytester moves HOME
+# No wait of provisioning is silent for longer (each says what it waits for every 15 s).
+MAX_SILENCE_SECONDS = 20
 
 # The controllers of fixtures/gosrc/cert-manager-controller without the CA issuer's CSR signer.
 CONTROLLERS_WITHOUT_CSR_CA_SIGNER = ",".join([
@@ -59,13 +62,24 @@ def provision_with_fault(tmp_path: Path, fault, topology=None, upgrade_from=None
     ``states``, when given, receives the run record as provisioning left it.
     """
     lines: list[str] = []
+    said_at: list[float] = []
+
+    def progress(line: str) -> None:
+        said_at.append(time.monotonic())
+        lines.append(line)
+
     settings = ProviderSettings(topology=topology or default_topology(), workdir=tmp_path / "work",
-                                adjust=fault, progress=lines.append, istio_upgrade_from=upgrade_from)
+                                adjust=fault, progress=progress, istio_upgrade_from=upgrade_from)
     provider = builtin_provider("local", settings)
     provider.check_requirements()
+    started = time.monotonic()
     try:
         provider.provision()
     except ProvisioningError as exc:
+        silences = [later - earlier for earlier, later in zip([started, *said_at], said_at)]
+        assert max(silences, default=0) <= MAX_SILENCE_SECONDS, (
+            f"provisioning was silent for {max(silences):.0f}s (a wait without a heartbeat); lines:\n"
+            + "\n".join(lines))
         return exc
     finally:
         if states is not None:
