@@ -86,3 +86,9 @@ def test_node_a_kept_install_is_reused_until_something_it_rests_on_changes(local
     with config.new_client_from_config(config_file=state["kubeconfig"]) as api:
         left = client.CertificatesV1Api(api).list_certificate_signing_request(label_selector=OWNED_SELECTOR).items
     assert not left, f"expected none of the run's CSRs left on the kept cluster, seen {[c.metadata.name for c in left]}"
+
+    # Images named under another registry: the kept node's are not, so it is not reused.
+    fourth = kept_run(tmp_path / "fourth", "--custom-ca-image-registry", "mirror.invalid:5000")
+    assert ("its images are named under their own registries, this run's under mirror.invalid:5000"
+            in fourth), fourth[-3000:]
+    assert "reusing the kept node" not in fourth, fourth[-3000:]
