@@ -5,7 +5,9 @@ and hold the real machine lock in a throwaway cache dir (no node). The rest star
 installed conformance suite on the real local node in a subprocess, as a user or a CI job
 does, signal it at a chosen moment and look at the whole machine afterwards: processes,
 mounts, network namespaces, veths and the bridge, iptables chains, cgroups, the node's
-directory. They need root and the built toolchain and images, and hold the machine's one node.
+directory. A run that only has to be in its tests is the vendors' run (``-m signer`` with the
+reference signer: the node, no mesh, its tests in ~10 s); Ctrl-C twice interrupts a whole
+mesh run. They need root and the built toolchain and images, and hold the machine's one node.
 """
 
 from __future__ import annotations
@@ -156,6 +158,45 @@ def test_a_live_owner_is_refused_naming_its_pid_and_the_command_that_stops_it(ow
     assert node.machine_owner() is None
 
 
+STOPPING_HOLDER = """
+    import sys, time
+    from pathlib import Path
+    from custom_ca_conformance.localplane import machine_lock, node
+    workdir = Path(sys.argv[1])
+    node._lock_machine(workdir)
+    node._record_active(workdir)
+    machine_lock.mark_stopping(workdir)  # as stop_node does first
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))
+    node.release_machine(workdir)
+"""
+
+
+def test_only_an_owner_removing_its_node_is_waited_for(own_cache, tmp_path):
+    """A live owner that is not stopping is refused at once; one removing its node is waited for, then the machine is free."""
+    holder = _hold(tmp_path / "node-of-a-live-run")
+    started = time.monotonic()
+    try:
+        with pytest.raises(node.NodeBusy):
+            node.check_machine_free(grace=20)
+        refused_after = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert refused_after < 5, f"expected a live owner to be refused at once, refused after {refused_after:.1f}s"
+
+    (tmp_path / "node-being-removed").mkdir()
+    stopping = subprocess.Popen([sys.executable, "-c", textwrap.dedent(STOPPING_HOLDER), str(tmp_path / "node-being-removed"),
+                                 "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert stopping.stdout.readline().strip() == "holding", stopping.stdout.read()
+    assert node.machine_owner().stopping
+    started = time.monotonic()
+    node.check_machine_free(grace=20)  # no refusal: the owner let go within the grace
+    waited = time.monotonic() - started
+    assert stopping.wait(timeout=30) == 0
+    assert 1 <= waited < 20, f"expected a wait of about 2 s for the stopping owner, waited {waited:.1f}s"
+
+
 def test_a_killed_owner_is_no_obstacle_and_is_named_as_gone(own_cache, tmp_path):
     workdir = tmp_path / "node-of-a-killed-run"
     holder = _hold(workdir)
@@ -182,6 +223,9 @@ NODE_READY = re.compile(r"custom-ca: node \S+ Ready in")
 A_TEST_DONE = re.compile(r" (PASSED|FAILED|SKIPPED|ERROR)\b")
 NODE_DIR = re.compile(r"\(logs in (/\S+)/logs\)")
 RUN_TIMEOUT = 900
+# The quickest real run with tests: the reference signer's contract on the node (README's vendor example).
+SIGNER_RUN = ("-m", "signer", "--custom-ca-signer-profile",
+              str(Path(__file__).resolve().parents[1] / "examples" / "reference-signer-profile.yaml"))
 
 
 # Every LiveRun of the test under way: one that outlives its test (a failed assertion) is ended by
@@ -301,7 +345,7 @@ def test_sigterm_during_provisioning_removes_the_node_and_the_next_run_starts(lo
 
 
 def test_sigterm_during_the_tests_removes_the_node(local_provider_available, tmp_path):
-    run = LiveRun(tmp_path / "first", "-n", "2")
+    run = LiveRun(tmp_path / "first", "-n", "2", *SIGNER_RUN)
     node_dir = run.node_dir()
     run.wait_for(A_TEST_DONE)
 
@@ -382,7 +426,7 @@ def test_a_node_owned_by_a_live_run_is_refused_and_the_stop_command_ends_that_ru
     (tmp_path / "hold_plugin.py").write_text(HOLD_PLUGIN)
     with monkeypatch.context() as only_for_the_owner:
         only_for_the_owner.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-        owner = LiveRun(tmp_path / "owner", "-p", "hold_plugin")
+        owner = LiveRun(tmp_path / "owner", "-p", "hold_plugin", *SIGNER_RUN)
     owner.wait_for(NODE_READY)
     node_dir = owner.node_dir()
 
