@@ -220,6 +220,15 @@ def test_the_contract_starts_while_istio_installs_only_when_the_arguments_select
     assert decided is ("test_signer_contract.py" in files and "-k" not in args), (decided, sorted(files))
 
 
+def test_the_tests_that_mostly_wait_come_first_and_the_rest_in_collection_order(run):
+    """The posture probe waits for a workload of its own: first, so that under xdist the other tests run beside it."""
+    in_order = [m["file"] for m in collected(run("--collect-only", "-q", "conformance"))]
+    waiting = [f for f in in_order if f == "test_posture.py"]
+    assert waiting and in_order[:len(waiting)] == waiting, in_order
+    rest = in_order[len(waiting):]
+    assert rest == sorted(rest, key=lambda f: sorted(set(rest)).index(f)), rest  # each module's tests together
+
+
 MARKS = {"test_none": set(), "test_a": {"a"}, "test_b": {"b"}, "test_c": {"c"}, "test_ab": {"a", "b"},
          "test_ac": {"a", "c"}, "test_bc": {"b", "c"}, "test_abc": {"a", "b", "c"}}
 

@@ -206,8 +206,9 @@ def test_run_id_annotates_only_deployment_pod_templates_without_touching_the_inp
     stamped = checks.with_run_id(objects, "r1")
     for before, after in zip(objects, stamped):
         if after["kind"] == "Deployment":
-            assert after["spec"]["template"]["metadata"]["annotations"] == {"custom-ca-conformance/run-id": "r1"}
-            assert "annotations" not in before["spec"]["template"]["metadata"]
+            own = before["spec"]["template"]["metadata"].get("annotations", {})
+            assert after["spec"]["template"]["metadata"]["annotations"] == {**own, "custom-ca-conformance/run-id": "r1"}
+            assert "custom-ca-conformance/run-id" not in own
         else:
             assert after == before
 
