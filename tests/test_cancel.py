@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from local_runs import REFERENCE_SIGNER_RUN
 
 from custom_ca_conformance.localplane import host, node
 from custom_ca_conformance.localplane.toolchain import CACHE_ENV, cache_root
@@ -223,9 +224,6 @@ NODE_READY = re.compile(r"custom-ca: node \S+ Ready in")
 A_TEST_DONE = re.compile(r" (PASSED|FAILED|SKIPPED|ERROR)\b")
 NODE_DIR = re.compile(r"\(logs in (/\S+)/logs\)")
 RUN_TIMEOUT = 900
-# The quickest real run with tests: the reference signer's contract on the node (README's vendor example).
-SIGNER_RUN = ("-m", "signer", "--custom-ca-signer-profile",
-              str(Path(__file__).resolve().parents[1] / "examples" / "reference-signer-profile.yaml"))
 
 
 # Every LiveRun of the test under way: one that outlives its test (a failed assertion) is ended by
@@ -345,7 +343,7 @@ def test_sigterm_during_provisioning_removes_the_node_and_the_next_run_starts(lo
 
 
 def test_sigterm_during_the_tests_removes_the_node(local_provider_available, tmp_path):
-    run = LiveRun(tmp_path / "first", "-n", "2", *SIGNER_RUN)
+    run = LiveRun(tmp_path / "first", "-n", "2", *REFERENCE_SIGNER_RUN)
     node_dir = run.node_dir()
     run.wait_for(A_TEST_DONE)
 
@@ -426,7 +424,7 @@ def test_a_node_owned_by_a_live_run_is_refused_and_the_stop_command_ends_that_ru
     (tmp_path / "hold_plugin.py").write_text(HOLD_PLUGIN)
     with monkeypatch.context() as only_for_the_owner:
         only_for_the_owner.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-        owner = LiveRun(tmp_path / "owner", "-p", "hold_plugin", *SIGNER_RUN)
+        owner = LiveRun(tmp_path / "owner", "-p", "hold_plugin", *REFERENCE_SIGNER_RUN)
     owner.wait_for(NODE_READY)
     node_dir = owner.node_dir()
 
