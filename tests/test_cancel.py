@@ -98,6 +98,35 @@ def test_a_first_signal_during_teardown_does_not_interrupt_it():
     assert "teardown ran to its end\nreceived ['SIGTERM']\nrestored True" in output, output
 
 
+def test_a_signal_to_the_whole_group_during_teardown_does_not_cut_its_commands_short():
+    """Ctrl-C pressed again (or a CI cancel) signals the run's whole process group: a teardown command must finish.
+
+    Seen in CI: the second SIGINT and the SIGTERM after it killed `nft delete table` half-way, and the node's
+    directory was left.
+    """
+    script = """
+        import sys, time
+        from custom_ca_conformance.process import signals
+        signals.install(print)
+        with signals.shielded():
+            print("tearing down", flush=True)
+            result = signals.run_unreached(["sh", "-c", "sleep 1; echo command finished"], capture_output=True,
+                                           text=True)
+            print(result.returncode, result.stdout.strip(), flush=True)
+        print("received", signals.received())
+    """
+    result = _python(script, start_new_session=True)  # a group of its own, as a terminal's foreground job
+    assert result.stdout.readline().strip() == "tearing down"
+    time.sleep(0.3)
+    os.killpg(result.pid, signal.SIGINT)
+    time.sleep(0.2)
+    os.killpg(result.pid, signal.SIGTERM)
+    output = result.communicate(timeout=60)[0]
+
+    assert result.returncode == 0, output
+    assert "0 command finished" in output and "received ['SIGINT', 'SIGTERM']" in output, output
+
+
 # --- the node's owner, no node ---------------------------------------------------------------------
 
 HOLDER = """
